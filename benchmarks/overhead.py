@@ -1,0 +1,635 @@
+"""Measure the gateway's added latency and throughput cost against a fake upstream.
+
+Every scenario (concurrency x streaming) is measured twice in one run:
+*direct* (load generator -> fake upstream) and *through the gateway*
+(load generator -> gateway -> fake upstream). The difference is the gateway's
+overhead; the direct numbers show the ceiling the harness itself can measure.
+
+Core placement (this is meant for a 2-core box):
+
+* core 0: the gateway, alone -- it is what we measure, so nothing else may
+  steal its CPU.
+* core 1: the fake upstream *and* the load generator (this process). Both are
+  lean (raw asyncio + httptools, ~40k+ req/s together on one core), so they
+  need far less CPU than the gateway, and keeping them on core 1 for the
+  direct runs too means direct and gateway runs differ only by the gateway.
+  The ``core1 %`` column shows how busy that core was during a gateway run;
+  near 100 % would mean the harness, not the gateway, was the limit.
+
+Usage (from the repo root)::
+
+    python benchmarks/overhead.py
+    python benchmarks/overhead.py --server uvicorn,granian --upstream-client aiohttp,httpx --repeat 3
+    python benchmarks/overhead.py --direct-only --duration 3
+    python benchmarks/overhead.py --json out.json
+
+Exit status: 0 ok; 1 some requests failed (non-2xx / errors, see the table);
+2 the gateway or upstream did not start or failed its sanity check;
+3 a target was missed and ``--fail-on-target`` was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import procs
+import uvloop
+import yaml
+from loadgen import LoadResult, build_request, percentile, run_load
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+HOST = "127.0.0.1"
+MODEL = "fake-model"
+
+# Targets the gateway must meet (see the project brief).
+TARGET_ADDED_P50_MS_C1 = 1.0
+TARGET_RPS_C64 = 1000.0
+
+
+class BenchError(Exception):
+    """A setup failure (process did not start, sanity check failed): exit 2."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    concurrency: int
+    stream: bool
+
+    @property
+    def label(self) -> str:
+        return f"c={self.concurrency} {'stream' if self.stream else 'non-stream'}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the load goes: straight to the upstream, or a gateway config."""
+
+    server: str | None = None  # None = direct
+    client: str | None = None
+
+    @property
+    def label(self) -> str:
+        return "direct" if self.server is None else f"{self.server}+{self.client}"
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr so stdout holds just the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def request_body(stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 32,
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return msgspec.json.encode(body)
+
+
+# -- processes ------------------------------------------------------------------
+
+
+class Upstream:
+    """The fake upstream subprocess (``fake_upstream.py``)."""
+
+    def __init__(self, cpu: int | None, chunks: int, chunk_delay_ms: float, log_dir: Path) -> None:
+        argv = [
+            sys.executable,
+            str(BENCH_DIR / "fake_upstream.py"),
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--chunks",
+            str(chunks),
+            "--chunk-delay-ms",
+            str(chunk_delay_ms),
+        ]
+        self.log_dir = log_dir
+        self.proc = procs.spawn(argv, cpu=cpu, log_dir=log_dir, name="upstream", stdout_pipe=True)
+        line = procs.read_line(self.proc, timeout=15)
+        if not line.startswith("PORT "):
+            procs.stop(self.proc)
+            raise BenchError(
+                f"fake upstream did not start (got {line!r}):\n{procs.tail(log_dir / 'upstream.stderr')}"
+            )
+        self.port = int(line.split()[1])
+
+    def close(self) -> None:
+        procs.stop(self.proc)
+
+
+class Gateway:
+    """One gateway subprocess (one server x upstream-client config)."""
+
+    def __init__(
+        self,
+        target: Target,
+        upstream_port: int,
+        cpu: int | None,
+        log_dir: Path,
+        extra_args: list[str],
+        ready_timeout: float,
+        module: str = "gateway.cli",
+    ) -> None:
+        self.port = procs.free_port(HOST)
+        self.name = f"gateway-{target.server}-{target.client}"
+        self.log_dir = log_dir
+        cfg = {
+            "server": {"host": HOST, "port": self.port, "upstream_client": target.client},
+            "backends": [
+                {
+                    "name": "fake",
+                    "plugin": "openai_compat",
+                    "url": f"http://{HOST}:{upstream_port}",
+                    "model": MODEL,
+                }
+            ],
+            "routes": [{"model": "*", "backends": ["fake"], "policy": "first_healthy"}],
+        }
+        cfg_path = log_dir / f"{self.name}.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        argv = [
+            sys.executable,
+            "-m",
+            module,
+            "serve",
+            "--config",
+            str(cfg_path),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--server",
+            str(target.server),
+            *extra_args,
+        ]
+        log(f"starting gateway: {' '.join(argv[1:])}")
+        self.proc = procs.spawn(argv, cpu=cpu, log_dir=log_dir, name=self.name, cwd=REPO_ROOT)
+        try:
+            self._wait_ready(ready_timeout)
+            self._sanity_check()
+        except BaseException:
+            self.close()
+            raise
+        # Discover worker processes/threads once, now: scanning /proc during
+        # the measured window would stall the load generator.
+        self.pids = procs.process_tree(self.proc.pid)
+
+    def _logs(self) -> str:
+        err = procs.tail(self.log_dir / f"{self.name}.stderr")
+        out = procs.tail(self.log_dir / f"{self.name}.stdout", 10)
+        return f"--- gateway stderr (tail) ---\n{err}\n--- gateway stdout (tail) ---\n{out}"
+
+    def _wait_ready(self, timeout: float) -> None:
+        url = f"http://{HOST}:{self.port}/ready"
+        last = "no answer"
+
+        def ready() -> bool:
+            nonlocal last
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"gateway exited with status {self.proc.returncode} before ready\n{self._logs()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    last = f"HTTP {r.status}"
+                    return bool(r.status == 200)
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}"
+            except OSError as e:
+                last = repr(e)
+            return False
+
+        if not procs.wait_until(ready, timeout):
+            raise BenchError(f"gateway not ready after {timeout:g}s (GET /ready: {last})\n{self._logs()}")
+
+    def _sanity_check(self) -> None:
+        """One plain and one streamed request, so a broken gateway fails loudly here."""
+        url = f"http://{HOST}:{self.port}/v1/chat/completions"
+        for stream in (False, True):
+            req = urllib.request.Request(
+                url, data=request_body(stream), headers={"Content-Type": "application/json"}, method="POST"
+            )
+            kind = "stream" if stream else "non-stream"
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    body = r.read()
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                raise BenchError(
+                    f"gateway sanity check ({kind}) got HTTP {e.code}: {e.read()[:500]!r}\n{self._logs()}"
+                ) from None
+            except OSError as e:
+                raise BenchError(f"gateway sanity check ({kind}) failed: {e!r}\n{self._logs()}") from None
+            ok = b"[DONE]" in body if stream else b'"choices"' in body
+            if status != 200 or not ok:
+                raise BenchError(
+                    f"gateway sanity check ({kind}): HTTP {status}, "
+                    f"unexpected body {body[:500]!r}\n{self._logs()}"
+                )
+
+    def close(self) -> None:
+        procs.stop(self.proc)
+
+
+# -- measuring ------------------------------------------------------------------
+
+
+def measure(
+    scenario: Scenario,
+    port: int,
+    *,
+    duration: float,
+    warmup: float,
+    headers: dict[str, str],
+    upstream_pids: list[int],
+    gateway_pids: list[int],
+) -> dict[str, Any]:
+    """Run one load and turn it into the numbers the report needs."""
+    req = build_request(HOST, port, "/v1/chat/completions", request_body(scenario.stream), headers)
+    edges: list[tuple[float, float, float, float]] = []
+
+    def sample() -> None:
+        # (wall, gateway cpu, upstream cpu, load generator cpu)
+        edges.append(
+            (
+                time.perf_counter(),
+                procs.cpu_seconds(gateway_pids),
+                procs.cpu_seconds(upstream_pids),
+                procs.self_cpu_seconds(),
+            )
+        )
+
+    res: LoadResult = uvloop.run(
+        run_load(
+            HOST,
+            port,
+            req,
+            stream=scenario.stream,
+            concurrency=scenario.concurrency,
+            duration=duration,
+            warmup=warmup,
+            on_window_start=sample,
+            on_window_end=sample,
+        )
+    )
+    out: dict[str, Any] = {
+        "rps": res.rps,
+        "completed": res.completed,
+        "non_2xx": res.non_2xx,
+        "errors": res.errors,
+        "error_samples": res.error_samples,
+        "status_counts": {str(k): v for k, v in sorted(res.status_counts.items())},
+        "full_p50_ms": percentile(res.latency_s, 50) * 1e3,
+        "full_p99_ms": percentile(res.latency_s, 99) * 1e3,
+        "ttfb_p50_ms": percentile(res.ttfb_s, 50) * 1e3,
+        "ttfb_p99_ms": percentile(res.ttfb_s, 99) * 1e3,
+    }
+    # The headline latency: time to first byte for streams, full time otherwise.
+    key = "ttfb" if scenario.stream else "full"
+    out["p50_ms"] = out[f"{key}_p50_ms"]
+    out["p99_ms"] = out[f"{key}_p99_ms"]
+    if len(edges) == 2:
+        (w0, g0, u0, s0), (w1, g1, u1, s1) = edges
+        wall = w1 - w0
+        gw_cpu = g1 - g0
+        out["gw_cpu_s"] = gw_cpu
+        out["gw_cpu_pct"] = 100.0 * gw_cpu / wall if gateway_pids else float("nan")
+        out["gw_cpu_us_per_req"] = (
+            1e6 * gw_cpu / res.completed if gateway_pids and res.completed else float("nan")
+        )
+        out["core1_pct"] = 100.0 * ((u1 - u0) + (s1 - s0)) / wall
+    return out
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the numeric metrics over repeats; failures are summed."""
+    med: dict[str, Any] = {}
+    for key in runs[0]:
+        vals = [r[key] for r in runs if key in r]
+        if key in ("non_2xx", "errors"):
+            med[key] = sum(vals)
+        elif key == "error_samples":
+            med[key] = sorted({s for v in vals for s in v})[:5]
+        elif key == "status_counts":
+            counts: dict[str, int] = {}
+            for v in vals:
+                for k, n in v.items():
+                    counts[k] = counts.get(k, 0) + n
+            med[key] = counts
+        else:
+            med[key] = statistics.median(vals)
+    return med
+
+
+# -- report ---------------------------------------------------------------------
+
+
+def _f(x: float, fmt: str) -> str:
+    return "-" if x != x else format(x, fmt)  # x != x: NaN
+
+
+def print_table(
+    scenarios: list[Scenario], targets: list[Target], med: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    head = [
+        "scenario",
+        "gateway",
+        "direct req/s",
+        "gw req/s",
+        "ratio",
+        "direct p50/p99 ms",
+        "gw p50/p99 ms",
+        "added p50 ms",
+        "gw CPU us/req",
+        "gw CPU %",
+        "core1 %",
+        "fail direct/gw",
+    ]
+    rows: list[list[str]] = []
+    gw_targets = [t for t in targets if t.server is not None]
+    for sc in scenarios:
+        d = med[("direct", sc.label)]
+        d_fail = d["non_2xx"] + d["errors"]
+        for t in gw_targets or [None]:
+            g = med.get((t.label, sc.label)) if t is not None else None
+            row = [sc.label, t.label if t is not None else "-", _f(d["rps"], ",.0f")]
+            if g is None:
+                row += (
+                    ["-", "-", f"{_f(d['p50_ms'], '.3f')}/{_f(d['p99_ms'], '.3f')}"]
+                    + ["-"] * 5
+                    + [f"{d_fail}/-"]
+                )
+            else:
+                g_fail = g["non_2xx"] + g["errors"]
+                row += [
+                    _f(g["rps"], ",.0f"),
+                    _f(g["rps"] / d["rps"] if d["rps"] else float("nan"), ".2f"),
+                    f"{_f(d['p50_ms'], '.3f')}/{_f(d['p99_ms'], '.3f')}",
+                    f"{_f(g['p50_ms'], '.3f')}/{_f(g['p99_ms'], '.3f')}",
+                    _f(g["p50_ms"] - d["p50_ms"], "+.3f"),
+                    _f(g.get("gw_cpu_us_per_req", float("nan")), ",.0f"),
+                    _f(g.get("gw_cpu_pct", float("nan")), ".0f"),
+                    _f(g.get("core1_pct", float("nan")), ".0f"),
+                    f"{d_fail}/{g_fail}",
+                ]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    # Text columns left-aligned, numbers right-aligned.
+    fmt_row = lambda r: "  ".join(  # noqa: E731
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    )
+    print(fmt_row(head))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt_row(r))
+    print(
+        "stream rows: p50/p99 = time to first body byte (first SSE event); full times are in --json output."
+    )
+
+
+def check_targets(
+    scenarios: list[Scenario], targets: list[Target], med: dict[tuple[str, str], dict[str, Any]]
+) -> bool:
+    """Print PASS/FAIL for the brief's targets; True if all that apply pass."""
+    ok = True
+    labels = {s.label for s in scenarios}
+    for t in targets:
+        if t.server is None:
+            continue
+        c1 = Scenario(1, False).label
+        if c1 in labels:
+            added = med[(t.label, c1)]["p50_ms"] - med[("direct", c1)]["p50_ms"]
+            passed = added < TARGET_ADDED_P50_MS_C1
+            ok &= passed
+            print(
+                f"[{'PASS' if passed else 'FAIL'}] {t.label}: added p50 at {c1} = {added:.3f} ms "
+                f"(target < {TARGET_ADDED_P50_MS_C1:g} ms)"
+            )
+        c64 = Scenario(64, False).label
+        if c64 in labels:
+            rps = med[(t.label, c64)]["rps"]
+            passed = rps >= TARGET_RPS_C64
+            ok &= passed
+            print(
+                f"[{'PASS' if passed else 'FAIL'}] {t.label}: {rps:,.0f} req/s at {c64} "
+                f"(target >= {TARGET_RPS_C64:,.0f})"
+            )
+    return ok
+
+
+# -- main -----------------------------------------------------------------------
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="uncounted warm-up seconds per run (default 1)")
+    ap.add_argument("--concurrency", default="1,64", help="comma list (default 1,64)")
+    ap.add_argument("--modes", default="non-stream,stream", help="comma list of non-stream,stream")
+    ap.add_argument(
+        "--chunks", type=int, default=20, help="SSE content chunks per streamed response (default 20)"
+    )
+    ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream pause between SSE events")
+    ap.add_argument("--server", default="uvicorn", help="comma list: uvicorn,granian (one gateway run each)")
+    ap.add_argument(
+        "--upstream-client", default="aiohttp", help="comma list: aiohttp,httpx (one gateway run each)"
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="repeat everything N times, report medians")
+    ap.add_argument("--json", type=Path, default=None, help="write results to this JSON file")
+    ap.add_argument("--direct-only", action="store_true", help="skip the gateway (check the harness itself)")
+    ap.add_argument(
+        "--gateway-arg", action="append", default=[], help="extra arg for 'gateway.cli serve' (repeatable)"
+    )
+    ap.add_argument(
+        "--header", action="append", default=[], help="extra request header 'Name: value' (repeatable)"
+    )
+    ap.add_argument(
+        "--gateway-module",
+        default="gateway.cli",
+        help="module run as 'python -m MODULE serve ...' (default gateway.cli; e.g. a reference proxy)",
+    )
+    ap.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for GET /ready")
+    ap.add_argument(
+        "--gateway-cpu", type=int, default=None, help="core for the gateway (default: first allowed)"
+    )
+    ap.add_argument(
+        "--harness-cpu", type=int, default=None, help="core for upstream + load generator (default: 2nd)"
+    )
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    ap.add_argument("--fail-on-target", action="store_true", help="exit 3 if a target is missed")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with configs and logs")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    concurrencies = [int(c) for c in _csv(args.concurrency)]
+    modes = _csv(args.modes)
+    if bad := set(modes) - {"non-stream", "stream"}:
+        raise SystemExit(f"unknown --modes {sorted(bad)}")
+    scenarios = [Scenario(c, m == "stream") for c in concurrencies for m in modes]
+    gw_targets = (
+        []
+        if args.direct_only
+        else [Target(s, c) for s in _csv(args.server) for c in _csv(args.upstream_client)]
+    )
+    headers = dict(h.split(":", 1) for h in args.header)
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if args.no_pin:
+        gw_cpu = harness_cpu = None
+    else:
+        gw_cpu = args.gateway_cpu if args.gateway_cpu is not None else allowed[0]
+        harness_cpu = args.harness_cpu if args.harness_cpu is not None else allowed[min(1, len(allowed) - 1)]
+        if gw_cpu == harness_cpu:
+            log(f"warning: only core {gw_cpu} available; gateway and harness share it")
+        # The load generator is this process: pin it next to the upstream.
+        os.sched_setaffinity(0, {harness_cpu})
+
+    log_dir = Path(tempfile.mkdtemp(prefix="gw-overhead-"))
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    upstream: Upstream | None = None
+    try:
+        upstream = Upstream(harness_cpu, args.chunks, args.chunk_delay_ms, log_dir)
+        log(f"fake upstream on :{upstream.port} (core {harness_cpu}), logs in {log_dir}")
+        up_pids = [upstream.proc.pid]
+        for rep in range(args.repeat):
+            # Rotate the gateway configs each repeat so slow drift (thermal,
+            # noisy neighbours) does not always hit the same config.
+            k = rep % len(gw_targets) if gw_targets else 0
+            order: list[Target] = [Target(), *gw_targets[k:], *gw_targets[:k]]
+            for target in order:
+                gw: Gateway | None = None
+                if target.server is not None:
+                    gw = Gateway(
+                        target,
+                        upstream.port,
+                        gw_cpu,
+                        log_dir,
+                        args.gateway_arg,
+                        args.ready_timeout,
+                        args.gateway_module,
+                    )
+                try:
+                    port = gw.port if gw else upstream.port
+                    for sc in scenarios:
+                        log(
+                            f"[{rep + 1}/{args.repeat}] {target.label:<16} {sc.label:<16} "
+                            f"{args.warmup:g}s warm-up + {args.duration:g}s ..."
+                        )
+                        r = measure(
+                            sc,
+                            port,
+                            duration=args.duration,
+                            warmup=args.warmup,
+                            headers=headers,
+                            upstream_pids=up_pids,
+                            gateway_pids=gw.pids if gw else [],
+                        )
+                        fails = r["non_2xx"] + r["errors"]
+                        log(
+                            f"    {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+                            + (
+                                f"  FAILURES {fails}: {r['error_samples']} {r['status_counts']}"
+                                if fails
+                                else ""
+                            )
+                        )
+                        runs.setdefault((target.label, sc.label), []).append(r)
+                finally:
+                    if gw is not None:
+                        gw.close()
+    except BenchError as e:
+        log(f"\nERROR: {e}")
+        log(f"(logs kept in {log_dir})")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if upstream is not None:
+            upstream.close()
+
+    med = {key: median_of(v) for key, v in runs.items()}
+    targets = [Target(), *gw_targets]
+    print(
+        f"\nGateway overhead  ({platform.node()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "
+        f"gateway core {gw_cpu}, upstream+loadgen core {harness_cpu}; {args.duration:g}s x {args.repeat} "
+        f"(median), {args.chunks} chunks/stream)"
+    )
+    print_table(scenarios, targets, med)
+    failures = sum(m["non_2xx"] + m["errors"] for m in med.values())
+    for (t, s), m in sorted(med.items()):
+        if m["non_2xx"] + m["errors"]:
+            print(f"failures in {t} / {s}: status {m['status_counts']} errors {m['error_samples']}")
+    targets_ok = check_targets(scenarios, targets, med) if gw_targets else True
+
+    if args.json is not None:
+        doc = {
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "machine": {
+                "node": platform.node(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "gateway_cpu": gw_cpu,
+                "harness_cpu": harness_cpu,
+            },
+            "scenarios": [asdict(s) | {"label": s.label} for s in scenarios],
+            "results": [
+                {"target": t, "scenario": s, "median": med[(t, s)], "runs": runs[(t, s)]} for (t, s) in runs
+            ],
+        }
+        # NaN is not valid JSON; write null instead.
+        args.json.write_text(json.dumps(_nan_to_none(doc), indent=2))
+        log(f"wrote {args.json}")
+    if not args.keep_logs and not failures:
+        for p in log_dir.iterdir():
+            p.unlink()
+        log_dir.rmdir()
+    else:
+        log(f"logs kept in {log_dir}")
+
+    if failures:
+        log(f"ERROR: {failures} failed requests (see table)")
+        return 1
+    if args.fail_on_target and not targets_ok:
+        return 3
+    return 0
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Operational routes: liveness, readiness, metrics and the model list."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Request, Response, get
+
+from gateway.errors import GatewayError
+from gateway.schemas import ModelCard, ModelList
+from gateway.state import GatewayState
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+@get("/health", sync_to_thread=False)
+def health() -> Response[bytes]:
+    """The process is up and serving HTTP."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@get("/ready")
+async def ready(request: Request) -> Response[bytes]:
+    """200 while at least one backend is healthy, 503 naming why not otherwise."""
+    state = _state(request)
+    healthy = {name: state.health.is_healthy(name) for name in state.backends}
+    if any(healthy.values()):
+        body = msgspec.json.encode({"status": "ready", "backends": healthy})
+        return Response(body, media_type="application/json")
+    reasons = "; ".join(f"{n}: {state.health.reasons.get(n, 'unhealthy')}" for n in state.backends)
+    error = GatewayError(503, f"no healthy backend ({reasons})", type="api_error", code="not_ready")
+    return Response(error.body(), status_code=503, media_type="application/json", headers={"retry-after": "1"})
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics(request: Request) -> Response[bytes]:
+    """Prometheus text exposition."""
+    return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/v1/models", sync_to_thread=False)
+def list_models(request: Request) -> Response[bytes]:
+    """The model names clients can ask for (routes' names; backends' models behind globs)."""
+    models = ModelList(data=[ModelCard(id=name) for name in _state(request).routes.model_names()])
+    return Response(msgspec.json.encode(models), media_type="application/json")
+
+
+ROUTES = [health, ready, metrics, list_models]

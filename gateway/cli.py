@@ -1,0 +1,143 @@
+"""`gateway serve | check-config | backends`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.plugins import PluginError, load_backend_registry
+
+DEFAULT_CONFIG = "configs/local.yaml"
+
+
+def _default_config() -> str:
+    """$GATEWAY_CONFIG, else configs/local.yaml here, else the one beside the installed sources."""
+    if os.environ.get("GATEWAY_CONFIG"):
+        return os.environ["GATEWAY_CONFIG"]
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    bundled = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+    return str(bundled) if bundled.is_file() else DEFAULT_CONFIG
+
+
+def _load(path: str) -> GatewayConfig:
+    registry = load_backend_registry()
+    return load_config(path, validators=registry.validators())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as err:
+        print(f"{args.config}: {len(err.problems)} problem(s)", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    except PluginError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.backends)} backend(s), {len(config.routes)} route(s))")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    """Installed backend types, and with --config the configured backends and their health."""
+    registry = load_backend_registry()
+    print("backend types:")
+    for name in sorted(registry.types):
+        factory = registry.types[name]
+        print(f"  {name:<16} {factory.__module__}.{factory.__qualname__}  (plugin {registry.sources[name]})")
+    if not args.config:
+        return 0
+    try:
+        config = load_config(args.config, validators=registry.validators())
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    from gateway.state import GatewayState
+
+    async def probe() -> list[tuple[str, str, str, str]]:
+        state = GatewayState(config, registry, config_dir=Path(args.config).resolve().parent)
+        rows = []
+        try:
+            for backend in state.backends.values():
+                managed = backend.config.launch is not None
+                healthy = "managed (not started)" if managed else ("healthy" if await backend.health() else "UNHEALTHY")
+                rows.append((backend.name, backend.plugin, backend.config.model, healthy))
+        finally:
+            await state.upstream.aclose()
+        return rows
+
+    print("configured backends:")
+    for name, plugin, model, health in asyncio.run(probe()):
+        print(f"  {name:<16} {plugin:<14} {model:<24} {health}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.observability import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        config = _load(args.config)
+    except (ConfigError, PluginError) as err:
+        print(err, file=sys.stderr)
+        return 1
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    print(f"gateway: serving {args.config} on http://{host}:{port} ({args.server})", file=sys.stderr, flush=True)
+    if args.server == "granian":
+        from granian import Granian  # optional extra: pip install '.[granian]'
+
+        os.environ["GATEWAY_CONFIG"] = str(Path(args.config).resolve())
+        Granian(
+            "gateway.app:app_from_env", factory=True, address=host, port=port, interface="asgi",
+            workers=1, loop="uvloop", log_level=args.log_level,
+        ).serve()
+        return 0
+    import uvicorn
+
+    from gateway.app import build_state, create_app
+
+    app = create_app(build_state(args.config))
+    uvicorn.run(
+        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, log_level=args.log_level, timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for self-hosted LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=_default_config(), help="YAML config (default: %(default)s)")
+    serve.add_argument("--host", default=None, help="overrides server.host")
+    serve.add_argument("--port", type=int, default=None, help="overrides server.port")
+    serve.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                       help="ASGI server (default: %(default)s; see README for the measurement)")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and list every problem")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check_config)
+
+    backends = sub.add_parser("backends", help="list backend types and, with --config, backends' health")
+    backends.add_argument("--config", default=None)
+    backends.set_defaults(func=cmd_backends)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

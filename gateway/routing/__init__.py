@@ -1,0 +1,1 @@
+"""Choosing a backend: the route table, policies and live health state."""

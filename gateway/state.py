@@ -1,0 +1,78 @@
+"""Everything a running gateway holds: backends, routes, health, metrics, the upstream client.
+
+Built from a validated config and a backend registry, so tests can build one with fake
+backends and no HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from gateway.backend import Backend, BackendContext
+from gateway.config import GatewayConfig
+from gateway.observability import Metrics
+from gateway.plugins import BackendRegistry
+from gateway.routing.dispatcher import Dispatcher
+from gateway.routing.health import HealthMonitor, HealthState
+from gateway.routing.policies import make_policy
+from gateway.routing.table import Route, RouteTable
+from gateway.upstream import UpstreamClient, make_upstream_client
+
+log = logging.getLogger("gateway")
+
+
+class GatewayState:
+    """The live objects behind one gateway process."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: BackendRegistry,
+        *,
+        config_dir: str | Path = ".",
+        upstream: UpstreamClient | None = None,
+    ) -> None:
+        self.config = config
+        self.upstream = upstream or make_upstream_client(config.server.upstream_client)
+        context = BackendContext(upstream=self.upstream, config_dir=str(config_dir))
+        self.backends: dict[str, Backend] = {}
+        for backend_config in config.backends:
+            factory = registry.types[backend_config.plugin]
+            self.backends[backend_config.name] = factory(backend_config, context)
+        self.routes = RouteTable([
+            Route(
+                model=r.model,
+                backends=tuple(self.backends[name] for name in r.backends),
+                policy=make_policy(r.policy),
+            )
+            for r in config.routes
+        ])
+        self.metrics = Metrics()
+        self.health = HealthState()
+        self.dispatcher = Dispatcher(self.health)
+        self.monitor = HealthMonitor(
+            list(self.backends.values()), self.health, config.server.health_interval_s,
+            on_change=self.metrics.set_backend_health,
+        )
+
+    async def startup(self) -> None:
+        """Start every backend (launching managed servers in parallel), then check health once."""
+        names = list(self.backends)
+        results = await asyncio.gather(*(self.backends[n].start() for n in names), return_exceptions=True)
+        failures = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+        if failures:
+            await self.shutdown()
+            detail = "; ".join(f"{n}: {r}" for n, r in failures)
+            raise RuntimeError(f"backend start-up failed: {detail}")
+        await self.monitor.check_once()
+        for name, healthy in self.health.snapshot().items():
+            log.info("backend %s (%s) %s", name, self.backends[name].plugin, "healthy" if healthy else "UNHEALTHY")
+        self.monitor.start()
+
+    async def shutdown(self) -> None:
+        """Stop health checks, stop backends (and their managed servers), close connections."""
+        await self.monitor.stop()
+        await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
+        await self.upstream.aclose()

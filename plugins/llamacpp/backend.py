@@ -1,0 +1,196 @@
+"""`LlamaCppBackend`: llama.cpp's OpenAI routes plus its native API, optionally self-launched."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from gateway.backend import BackendContext, BackendLoad, BackendUnavailable, Capabilities
+from gateway.config import BackendConfig
+from gateway.errors import unsupported_parameter
+from gateway.schemas import RequestKind
+from gateway.upstream import UpstreamError
+from plugins.llamacpp.metrics import parse_load
+from plugins.llamacpp.model_path import ModelNotFound, resolve_model
+from plugins.llamacpp.supervisor import ManagedProcess
+from plugins.openai_compat.backend import OpenAICompatBackend, OpenAICompatOptions
+from plugins.openai_compat.errors import http_error, transport_error
+
+
+class LaunchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`launch:`: the gateway starts llama.cpp's server itself and supervises it."""
+
+    model: str  # a GGUF path, or `package:file.gguf` shipped in an installed wheel
+    ctx: int = 4096
+    threads: int = 2
+    parallel: int = 2
+    embedding: bool = False
+    startup_timeout_s: float = 120.0
+
+
+class LlamaCppOptions(OpenAICompatOptions, forbid_unknown_fields=True, kw_only=True):
+    """`options:` of a llamacpp backend."""
+
+
+# Sampling and control fields llama.cpp reads from OpenAI-style bodies besides OpenAI's own
+# (tools/server/server-common.cpp and server-task.cpp, params_from_json_cmpl).
+_LLAMACPP_PARAMS = frozenset({
+    "top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "penalize_nl",
+    "dynatemp_range", "dynatemp_exponent", "mirostat", "mirostat_tau", "mirostat_eta",
+    "xtc_probability", "xtc_threshold", "top_n_sigma", "dry_multiplier", "dry_base",
+    "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "min_keep",
+    "n_predict", "n_keep", "n_probs", "ignore_eos", "grammar", "json_schema", "samplers",
+    "cache_prompt", "id_slot", "t_max_predict_ms", "post_sampling_probs", "return_tokens",
+    "timings_per_token", "chat_template_kwargs", "reasoning_format", "n_indent",
+})
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LlamaCppBackend(OpenAICompatBackend):
+    """llama.cpp's server: OpenAI routes for traffic, native routes for tokens and load."""
+
+    plugin: ClassVar[str] = "llamacpp"
+    options_type: ClassVar[type[OpenAICompatOptions]] = LlamaCppOptions
+    native_params: ClassVar[frozenset[str]] = _LLAMACPP_PARAMS
+
+    def __init__(self, config: BackendConfig, context: BackendContext) -> None:
+        super().__init__(config, context)
+        self._config_dir = context.config_dir
+        self.launch = msgspec.convert(config.launch, LaunchConfig) if config.launch is not None else None
+        self.process: ManagedProcess | None = None
+        self.capabilities = Capabilities(
+            embeddings=self.options.embeddings or bool(self.launch and self.launch.embedding),
+            token_id_prompts=True,
+            tokenize=True,
+        )
+
+    @classmethod
+    def validate_config(cls, config: BackendConfig) -> Iterable[tuple[str, str]]:
+        if config.url is None and config.launch is None:
+            yield ("url", "required unless `launch` is given")
+        try:
+            msgspec.convert(config.options, cls.options_type)
+        except msgspec.ValidationError as err:
+            yield ("options", str(err).replace("`", "").replace(" - at $.", " at "))
+        if config.launch is not None:
+            try:
+                launch = msgspec.convert(config.launch, LaunchConfig)
+            except msgspec.ValidationError as err:
+                yield ("launch", str(err).replace("`", "").replace(" - at $.", " at "))
+                return
+            if launch.ctx <= 0 or launch.threads <= 0 or launch.parallel <= 0:
+                yield ("launch", "ctx, threads and parallel must be positive")
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def check_params(self, kind: RequestKind, body: dict[str, Any]) -> None:
+        # llama.cpp generates one choice per request and refuses the rest with a 500.
+        n = body.get("n")
+        if n is not None and n != 1:
+            raise unsupported_parameter("n", self.name, self.plugin)
+        if kind == "completion":
+            for field in ("best_of", "echo", "suffix"):
+                value = body.get(field)
+                if value not in (None, False, 1, ""):
+                    raise unsupported_parameter(field, self.name, self.plugin)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.launch is None:
+            return
+        model = resolve_model(self.launch.model, self._config_dir)
+        host, port = "127.0.0.1", None
+        if self.config.url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.config.url)
+            host, port = parts.hostname or host, parts.port
+        if port is None:
+            port = _free_port(host)
+            self._set_url(f"http://{host}:{port}")
+        argv = [
+            sys.executable, "-m", "plugins.llamacpp.launcher", "--model", str(model), "--host", host,
+            "--port", str(port), "--ctx", str(self.launch.ctx), "--threads", str(self.launch.threads),
+            "--parallel", str(self.launch.parallel), "--alias", self.config.model,
+        ]
+        if self.launch.embedding:
+            argv.append("--embedding")
+        self.process = ManagedProcess(
+            self.name, argv, self.health, startup_timeout_s=self.launch.startup_timeout_s
+        )
+        await self.process.start()
+
+    async def aclose(self) -> None:
+        if self.process is not None:
+            await self.process.stop()
+
+    # -- native API -------------------------------------------------------------------------
+
+    async def _native(self, path: str, payload: dict[str, Any]) -> Any:
+        try:
+            response = await self._upstream.request(
+                "POST", self.root + path, body=msgspec.json.encode(payload), headers=self._headers,
+                timeouts=self._timeouts,
+            )
+        except UpstreamError as err:
+            raise transport_error(self.name, err) from err
+        if response.status != 200:
+            raise http_error(self.name, response.status, response.body)
+        return msgspec.json.decode(response.body)
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of `text` in this server's vocabulary (`POST /tokenize`)."""
+        result = await self._native("/tokenize", {"content": text, "add_special": add_special})
+        return list(result["tokens"])
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """Text of token ids (`POST /detokenize`)."""
+        result = await self._native("/detokenize", {"tokens": tokens})
+        return str(result["content"])
+
+    async def native_completion(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """llama.cpp's own `/completion`: token-id prompts, `n_probs`, `cache_prompt`, `id_slot`."""
+        payload = {**payload, "stream": False}
+        result: dict[str, Any] = await self._native("/completion", payload)
+        return result
+
+    async def slots(self) -> list[dict[str, Any]]:
+        """Per-slot state from `GET /slots`."""
+        try:
+            status, body = await self.get("/slots")
+        except UpstreamError as err:
+            raise transport_error(self.name, err) from err
+        if status != 200:
+            raise http_error(self.name, status, body)
+        decoded: list[dict[str, Any]] = msgspec.json.decode(body)
+        return decoded
+
+    async def load(self) -> BackendLoad:
+        """Requests processing / deferred and KV-cache use from llama.cpp's Prometheus metrics."""
+        try:
+            status, body = await self.get("/metrics")
+        except UpstreamError as err:
+            raise BackendUnavailable(self.name, str(err)) from err
+        if status != 200:
+            return BackendLoad()
+        return parse_load(body.decode("utf-8", "replace"))
+
+    def model_file(self) -> Path | None:
+        """The GGUF file a managed server runs, for `gateway backends`."""
+        if self.launch is None:
+            return None
+        try:
+            return resolve_model(self.launch.model, self._config_dir)
+        except ModelNotFound:
+            return None
