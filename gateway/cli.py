@@ -60,8 +60,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
         return 1
     from gateway.state import GatewayState
 
+    config_dir = Path(args.config).resolve().parent
+
     async def probe() -> list[tuple[str, str, str, str]]:
-        state = GatewayState(config, registry, config_dir=Path(args.config).resolve().parent)
+        state = GatewayState(config, registry, config_dir=config_dir)
         rows = []
         try:
             for backend in state.backends.values():

@@ -1,7 +1,7 @@
 """The OpenAI routes as raw ASGI handlers: the gateway's hot path.
 
 Mounted as Litestar `@asgi` routes so each request skips the framework's per-request
-machinery (measured at 110–250 µs a request and 11–22 µs an SSE chunk for a regular
+machinery (measured at 110-250 µs a request and 11-22 µs an SSE chunk for a regular
 handler returning a `Stream`); everything else in the app stays ordinary Litestar.
 """
 
@@ -124,7 +124,9 @@ class OpenAIHandler:
             await send({
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_SSE_HEADERS, (b"x-gateway-backend", backend.name.encode()), (b"x-request-id", request_id)],
+                "headers": [
+                    *_SSE_HEADERS, (b"x-gateway-backend", backend.name.encode()), (b"x-request-id", request_id)
+                ],
             })
             await send({"type": "http.response.body", "body": rename(result.first), "more_body": True})
             self.state.metrics.observe_ttft(route_name, backend.name, time.perf_counter() - started)
