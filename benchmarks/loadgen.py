@@ -33,9 +33,7 @@ _now = time.perf_counter  # uvloop's loop.time() is ms-granular; we need us.
 _MAX_ERROR_SAMPLES = 5
 
 
-def build_request(
-    host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
-) -> bytes:
+def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     """Serialize one ``POST`` request once; the same bytes are re-sent each time."""
     lines = [
         f"POST {path} HTTP/1.1",

@@ -127,9 +127,7 @@ class Upstream:
         line = procs.read_line(self.proc, timeout=15)
         if not line.startswith("PORT "):
             procs.stop(self.proc)
-            raise BenchError(
-                f"fake upstream did not start (got {line!r}):\n{procs.tail(log_dir / 'upstream.stderr')}"
-            )
+            raise BenchError(f"fake upstream did not start (got {line!r}):\n{procs.tail(log_dir / 'upstream.stderr')}")
         self.port = int(line.split()[1])
 
     def close(self) -> None:
@@ -193,7 +191,7 @@ class Gateway:
         # the measured window would stall the load generator.
         self.pids = procs.process_tree(self.proc.pid)
 
-    def _logs(self) -> str:
+    def logs(self) -> str:
         err = procs.tail(self.log_dir / f"{self.name}.stderr")
         out = procs.tail(self.log_dir / f"{self.name}.stdout", 10)
         return f"--- gateway stderr (tail) ---\n{err}\n--- gateway stdout (tail) ---\n{out}"
@@ -205,9 +203,7 @@ class Gateway:
         def ready() -> bool:
             nonlocal last
             if self.proc.poll() is not None:
-                raise BenchError(
-                    f"gateway exited with status {self.proc.returncode} before ready\n{self._logs()}"
-                )
+                raise BenchError(f"gateway exited with status {self.proc.returncode} before ready\n{self.logs()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     last = f"HTTP {r.status}"
@@ -219,7 +215,7 @@ class Gateway:
             return False
 
         if not procs.wait_until(ready, timeout):
-            raise BenchError(f"gateway not ready after {timeout:g}s (GET /ready: {last})\n{self._logs()}")
+            raise BenchError(f"gateway not ready after {timeout:g}s (GET /ready: {last})\n{self.logs()}")
 
     def _sanity_check(self) -> None:
         """One plain and one streamed request, so a broken gateway fails loudly here."""
@@ -235,15 +231,14 @@ class Gateway:
                     status = r.status
             except urllib.error.HTTPError as e:
                 raise BenchError(
-                    f"gateway sanity check ({kind}) got HTTP {e.code}: {e.read()[:500]!r}\n{self._logs()}"
+                    f"gateway sanity check ({kind}) got HTTP {e.code}: {e.read()[:500]!r}\n{self.logs()}"
                 ) from None
             except OSError as e:
-                raise BenchError(f"gateway sanity check ({kind}) failed: {e!r}\n{self._logs()}") from None
+                raise BenchError(f"gateway sanity check ({kind}) failed: {e!r}\n{self.logs()}") from None
             ok = b"[DONE]" in body if stream else b'"choices"' in body
             if status != 200 or not ok:
                 raise BenchError(
-                    f"gateway sanity check ({kind}): HTTP {status}, "
-                    f"unexpected body {body[:500]!r}\n{self._logs()}"
+                    f"gateway sanity check ({kind}): HTTP {status}, unexpected body {body[:500]!r}\n{self.logs()}"
                 )
 
     def close(self) -> None:
@@ -313,9 +308,7 @@ def measure(
         gw_cpu = g1 - g0
         out["gw_cpu_s"] = gw_cpu
         out["gw_cpu_pct"] = 100.0 * gw_cpu / wall if gateway_pids else float("nan")
-        out["gw_cpu_us_per_req"] = (
-            1e6 * gw_cpu / res.completed if gateway_pids and res.completed else float("nan")
-        )
+        out["gw_cpu_us_per_req"] = 1e6 * gw_cpu / res.completed if gateway_pids and res.completed else float("nan")
         out["core1_pct"] = 100.0 * ((u1 - u0) + (s1 - s0)) / wall
     return out
 
@@ -347,9 +340,7 @@ def _f(x: float, fmt: str) -> str:
     return "-" if x != x else format(x, fmt)  # x != x: NaN
 
 
-def print_table(
-    scenarios: list[Scenario], targets: list[Target], med: dict[tuple[str, str], dict[str, Any]]
-) -> None:
+def print_table(scenarios: list[Scenario], targets: list[Target], med: dict[tuple[str, str], dict[str, Any]]) -> None:
     head = [
         "scenario",
         "gateway",
@@ -373,11 +364,7 @@ def print_table(
             g = med.get((t.label, sc.label)) if t is not None else None
             row = [sc.label, t.label if t is not None else "-", _f(d["rps"], ",.0f")]
             if g is None:
-                row += (
-                    ["-", "-", f"{_f(d['p50_ms'], '.3f')}/{_f(d['p99_ms'], '.3f')}"]
-                    + ["-"] * 5
-                    + [f"{d_fail}/-"]
-                )
+                row += ["-", "-", f"{_f(d['p50_ms'], '.3f')}/{_f(d['p99_ms'], '.3f')}"] + ["-"] * 5 + [f"{d_fail}/-"]
             else:
                 g_fail = g["non_2xx"] + g["errors"]
                 row += [
@@ -401,14 +388,10 @@ def print_table(
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(fmt_row(r))
-    print(
-        "stream rows: p50/p99 = time to first body byte (first SSE event); full times are in --json output."
-    )
+    print("stream rows: p50/p99 = time to first body byte (first SSE event); full times are in --json output.")
 
 
-def check_targets(
-    scenarios: list[Scenario], targets: list[Target], med: dict[tuple[str, str], dict[str, Any]]
-) -> bool:
+def check_targets(scenarios: list[Scenario], targets: list[Target], med: dict[tuple[str, str], dict[str, Any]]) -> bool:
     """Print PASS/FAIL for the brief's targets; True if all that apply pass."""
     ok = True
     labels = {s.label for s in scenarios}
@@ -449,35 +432,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=1.0, help="uncounted warm-up seconds per run (default 1)")
     ap.add_argument("--concurrency", default="1,64", help="comma list (default 1,64)")
     ap.add_argument("--modes", default="non-stream,stream", help="comma list of non-stream,stream")
-    ap.add_argument(
-        "--chunks", type=int, default=20, help="SSE content chunks per streamed response (default 20)"
-    )
+    ap.add_argument("--chunks", type=int, default=20, help="SSE content chunks per streamed response (default 20)")
     ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream pause between SSE events")
     ap.add_argument("--server", default="uvicorn", help="comma list: uvicorn,granian (one gateway run each)")
-    ap.add_argument(
-        "--upstream-client", default="aiohttp", help="comma list: aiohttp,httpx (one gateway run each)"
-    )
+    ap.add_argument("--upstream-client", default="aiohttp", help="comma list: aiohttp,httpx (one gateway run each)")
     ap.add_argument("--repeat", type=int, default=1, help="repeat everything N times, report medians")
     ap.add_argument("--json", type=Path, default=None, help="write results to this JSON file")
     ap.add_argument("--direct-only", action="store_true", help="skip the gateway (check the harness itself)")
-    ap.add_argument(
-        "--gateway-arg", action="append", default=[], help="extra arg for 'gateway.cli serve' (repeatable)"
-    )
-    ap.add_argument(
-        "--header", action="append", default=[], help="extra request header 'Name: value' (repeatable)"
-    )
+    ap.add_argument("--gateway-arg", action="append", default=[], help="extra arg for 'gateway.cli serve' (repeatable)")
+    ap.add_argument("--header", action="append", default=[], help="extra request header 'Name: value' (repeatable)")
     ap.add_argument(
         "--gateway-module",
         default="gateway.cli",
         help="module run as 'python -m MODULE serve ...' (default gateway.cli; e.g. a reference proxy)",
     )
     ap.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for GET /ready")
-    ap.add_argument(
-        "--gateway-cpu", type=int, default=None, help="core for the gateway (default: first allowed)"
-    )
-    ap.add_argument(
-        "--harness-cpu", type=int, default=None, help="core for upstream + load generator (default: 2nd)"
-    )
+    ap.add_argument("--gateway-cpu", type=int, default=None, help="core for the gateway (default: first allowed)")
+    ap.add_argument("--harness-cpu", type=int, default=None, help="core for upstream + load generator (default: 2nd)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     ap.add_argument("--fail-on-target", action="store_true", help="exit 3 if a target is missed")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with configs and logs")
@@ -492,9 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown --modes {sorted(bad)}")
     scenarios = [Scenario(c, m == "stream") for c in concurrencies for m in modes]
     gw_targets = (
-        []
-        if args.direct_only
-        else [Target(s, c) for s in _csv(args.server) for c in _csv(args.upstream_client)]
+        [] if args.direct_only else [Target(s, c) for s in _csv(args.server) for c in _csv(args.upstream_client)]
     )
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
@@ -553,13 +522,13 @@ def main(argv: list[str] | None = None) -> int:
                         fails = r["non_2xx"] + r["errors"]
                         log(
                             f"    {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-                            + (
-                                f"  FAILURES {fails}: {r['error_samples']} {r['status_counts']}"
-                                if fails
-                                else ""
-                            )
+                            + (f"  FAILURES {fails}: {r['error_samples']} {r['status_counts']}" if fails else "")
                         )
                         runs.setdefault((target.label, sc.label), []).append(r)
+                        if gw is not None and gw.proc.poll() is not None:
+                            raise BenchError(
+                                f"gateway exited (status {gw.proc.returncode}) during {sc.label}\n{gw.logs()}"
+                            )
                 finally:
                     if gw is not None:
                         gw.close()
@@ -599,9 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 "harness_cpu": harness_cpu,
             },
             "scenarios": [asdict(s) | {"label": s.label} for s in scenarios],
-            "results": [
-                {"target": t, "scenario": s, "median": med[(t, s)], "runs": runs[(t, s)]} for (t, s) in runs
-            ],
+            "results": [{"target": t, "scenario": s, "median": med[(t, s)], "runs": runs[(t, s)]} for (t, s) in runs],
         }
         # NaN is not valid JSON; write null instead.
         args.json.write_text(json.dumps(_nan_to_none(doc), indent=2))
