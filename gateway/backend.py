@@ -85,7 +85,7 @@ class Backend(Protocol):
         ...
 
     def check_params(self, kind: RequestKind, body: dict[str, Any]) -> None:
-        """Raise a 422 `GatewayError` for a value the server cannot honour (e.g. n > 1)."""
+        """Raise a 422 `GatewayError` for a value the server cannot honour (e.g. `echo` on a server that ignores it)."""
         ...
 
     async def start(self) -> None:

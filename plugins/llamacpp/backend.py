@@ -94,10 +94,8 @@ class LlamaCppBackend(OpenAICompatBackend):
     # -- parameters -------------------------------------------------------------------------
 
     def check_params(self, kind: RequestKind, body: dict[str, Any]) -> None:
-        # llama.cpp generates one choice per request and refuses the rest with a 500.
-        n = body.get("n")
-        if n is not None and n != 1:
-            raise unsupported_parameter("n", self.name, self.plugin)
+        # llama.cpp's /v1/completions accepts these and silently ignores them (checked on the
+        # xllamacpp 2026.10 build): the output would not be what the client asked for.
         if kind == "completion":
             for field in ("best_of", "echo", "suffix"):
                 value = body.get(field)
