@@ -439,7 +439,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, help="repeat everything N times, report medians")
     ap.add_argument("--json", type=Path, default=None, help="write results to this JSON file")
     ap.add_argument("--direct-only", action="store_true", help="skip the gateway (check the harness itself)")
-    ap.add_argument("--gateway-arg", action="append", default=[], help="extra arg for 'gateway.cli serve' (repeatable)")
+    ap.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        help="extra arg for 'serve' (repeatable; use = for dashes: --gateway-arg=--log-level --gateway-arg=warning)",
+    )
     ap.add_argument("--header", action="append", default=[], help="extra request header 'Name: value' (repeatable)")
     ap.add_argument(
         "--gateway-module",
@@ -547,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [Target(), *gw_targets]
     print(
         f"\nGateway overhead  ({platform.node()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "
-        f"gateway core {gw_cpu}, upstream+loadgen core {harness_cpu}; {args.duration:g}s x {args.repeat} "
+        f"{'unpinned' if args.no_pin else f'gateway core {gw_cpu}, upstream+loadgen core {harness_cpu}'}; "
+        f"{args.duration:g}s x {args.repeat} "
         f"(median), {args.chunks} chunks/stream)"
     )
     print_table(scenarios, targets, med)

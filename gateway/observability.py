@@ -72,3 +72,5 @@ def configure_logging(level: str = "info") -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO: on the data path that is a log line per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
