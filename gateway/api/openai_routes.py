@@ -133,7 +133,11 @@ class OpenAIHandler:
             try:
                 async for events in result.rest:
                     await send({"type": "http.response.body", "body": rename(events), "more_body": True})
-            except GatewayError as err:
+            except Exception as exc:
+                # Headers are gone: the only way left to tell the client is an error event.
+                err = exc if isinstance(exc, GatewayError) else _INTERNAL
+                if not isinstance(exc, GatewayError):
+                    log.exception("unexpected error streaming request %s", request_id.decode())
                 if not disconnected.is_set():
                     log.warning("stream from %s failed after its first byte: %s", backend.name, err.message)
                     self.state.metrics.observe_stream_error(route_name, backend.name)
