@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -129,31 +130,66 @@ def _interpolate(value: Any, path: str, problems: list[str], env: dict[str, str]
 _MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
-def _describe(err: msgspec.ValidationError, prefix: str) -> str:
-    """Turn msgspec's `Expected int, got str - at $.port` into `server.port: expected int, got str`."""
+def _join(path: str, key: str) -> str:
+    if not key:
+        return path
+    return f"{path}.{key}" if path else key
+
+
+def _describe(err: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
+    """msgspec's `Expected int, got str - at $.port` as (`server.port`, `expected int, got str`)."""
     match = _MSGSPEC_PATH.match(str(err))
     assert match is not None
     message, sub = match.group("msg"), match.group("path") or ""
-    path = prefix + sub if sub.startswith("[") or not prefix else f"{prefix}{sub}"
+    path = prefix + sub if sub.startswith("[") else _join(prefix, sub.lstrip("."))
     if message.startswith("Object contains unknown field"):
-        field = message.split("`")[1]
-        path = f"{path}.{field}" if path else field
-        message = "unknown key"
-    elif message.startswith("Object missing required field"):
-        field = message.split("`")[1]
-        path = f"{path}.{field}" if path else field
-        message = "required key is missing"
-    else:
-        message = message[0].lower() + message[1:]
-    return f"{path or '<root>'}: {message.replace('`', '')}"
+        return _join(path, message.split("`")[1]), "unknown key"
+    if message.startswith("Object missing required field"):
+        return _join(path, message.split("`")[1]), "required key is missing"
+    message = message.replace("`", "")
+    return path, message[0].lower() + message[1:]
+
+
+def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct class inside `S` or `S | None`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return annotation
+    if isinstance(annotation, types.UnionType) or get_origin(annotation) is Union:
+        structs = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, msgspec.Struct)]
+        return structs[0] if len(structs) == 1 else None
+    return None
+
+
+def check_struct(raw: Any, kind: type[msgspec.Struct], path: str = "") -> list[tuple[str, str]]:
+    """Every problem of `raw` as a `kind`, as (key path, message): unknown keys, missing keys,
+    and a type error per field, recursing into nested sections, rather than msgspec's first."""
+    if not isinstance(raw, dict):
+        return [(path or "<root>", f"expected a mapping, got {type(raw).__name__}")]
+    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+    problems = [(_join(path, str(key)), "unknown key") for key in raw if key not in fields]
+    for name, field in fields.items():
+        sub = _join(path, name)
+        if name not in raw:
+            if field.required:
+                problems.append((sub, "required key is missing"))
+            continue
+        nested = _struct_in(field.type)
+        if nested is not None and isinstance(raw[name], dict):
+            problems.extend(check_struct(raw[name], nested, sub))
+            continue
+        try:
+            msgspec.convert(raw[name], field.type, strict=False)
+        except msgspec.ValidationError as err:
+            problems.append(_describe(err, sub))
+    return problems
 
 
 def _convert(raw: Any, kind: type[Any], prefix: str, problems: list[str]) -> Any:
-    try:
-        return msgspec.convert(raw, kind, strict=False)
-    except msgspec.ValidationError as err:
-        problems.append(_describe(err, prefix))
+    found = check_struct(raw, kind, prefix)
+    if found:
+        problems.extend(f"{path}: {message}" for path, message in found)
         return None
+    return msgspec.convert(raw, kind, strict=False)
 
 
 def _check_url(url: str | None) -> str | None:
@@ -198,12 +234,12 @@ def parse_config(
 
     server = _convert(raw.get("server", {}), ServerConfig, "server", problems)
     redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
-    backends: list[BackendConfig] = []
+    backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends = raw.get("backends") if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
         backend = _convert(item, BackendConfig, f"backends[{i}]", problems)
         if backend is not None:
-            backends.append(backend)
+            backend_at.append((i, backend))
             _check_backend(i, backend, problems, validators)
     routes: list[RouteConfig] = []
     raw_routes = raw.get("routes") if isinstance(raw.get("routes"), list) else []
@@ -213,7 +249,7 @@ def parse_config(
             routes.append(route)
 
     seen: set[str] = set()
-    for i, backend in enumerate(backends):
+    for i, backend in backend_at:
         if backend.name in seen:
             problems.append(f"backends[{i}].name: duplicate backend name '{backend.name}'")
         seen.add(backend.name)
@@ -221,12 +257,21 @@ def parse_config(
         problems.append("backends: at least one backend is required")
     if isinstance(raw.get("routes"), list) and not raw_routes:
         problems.append("routes: at least one route is required")
+    # Names come from the raw items so one broken backend does not hide routes' problems.
+    declared = {item.get("name") for item in raw_backends if isinstance(item, dict)}
+    route_models: dict[str, int] = {}
     for i, route in enumerate(routes):
         if not route.backends:
             problems.append(f"routes[{i}].backends: at least one backend is required")
         for j, name in enumerate(route.backends):
-            if name not in seen and len(backends) == len(raw_backends):
+            if name not in declared:
                 problems.append(f"routes[{i}].backends[{j}]: unknown backend '{name}'")
+        if route.model in route_models:
+            problems.append(
+                f"routes[{i}].model: duplicate route for '{route.model}' (routes[{route_models[route.model]}] "
+                "already serves it)"
+            )
+        route_models.setdefault(route.model, i)
     if server is not None:
         if not 0 <= server.port <= 65535:
             problems.append("server.port: must be between 0 and 65535")
@@ -238,7 +283,7 @@ def parse_config(
     if problems:
         raise ConfigError(problems, source)
     assert server is not None
-    return GatewayConfig(backends=backends, routes=routes, server=server, redis=redis)
+    return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, redis=redis)
 
 
 def _check_backend(

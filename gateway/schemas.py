@@ -61,7 +61,9 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     """`POST /v1/completions` (legacy text completions)."""
 
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # Text, texts, token ids or lists of token ids; msgspec cannot tell list types apart in
+    # a union, so the element types are checked in gateway.api.decode.
+    prompt: str | list[Any]
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = None
@@ -84,7 +86,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     """`POST /v1/embeddings`."""
 
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[Any]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
     user: str | None = None

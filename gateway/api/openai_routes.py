@@ -44,7 +44,7 @@ def _request_meta(scope: Scope) -> tuple[bytes, int | None]:
     content_length: int | None = None
     for key, value in scope["headers"]:
         if key == b"x-request-id":
-            if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable():
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode("ascii").isprintable():
                 request_id = value
         elif key == b"content-length":
             with contextlib.suppress(ValueError):

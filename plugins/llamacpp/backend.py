@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from gateway.backend import BackendContext, BackendLoad, BackendUnavailable, Capabilities
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, check_struct
 from gateway.errors import unsupported_parameter
 from gateway.schemas import RequestKind
 from gateway.upstream import UpstreamError
@@ -78,29 +78,29 @@ class LlamaCppBackend(OpenAICompatBackend):
     def validate_config(cls, config: BackendConfig) -> Iterable[tuple[str, str]]:
         if config.url is None and config.launch is None:
             yield ("url", "required unless `launch` is given")
-        try:
-            msgspec.convert(config.options, cls.options_type)
-        except msgspec.ValidationError as err:
-            yield ("options", str(err).replace("`", "").replace(" - at $.", " at "))
+        yield from check_struct(config.options, cls.options_type, "options")
         if config.launch is not None:
-            try:
+            problems = check_struct(config.launch, LaunchConfig, "launch")
+            yield from problems
+            if not problems:
                 launch = msgspec.convert(config.launch, LaunchConfig)
-            except msgspec.ValidationError as err:
-                yield ("launch", str(err).replace("`", "").replace(" - at $.", " at "))
-                return
-            if launch.ctx <= 0 or launch.threads <= 0 or launch.parallel <= 0:
-                yield ("launch", "ctx, threads and parallel must be positive")
+                if launch.ctx <= 0 or launch.threads <= 0 or launch.parallel <= 0:
+                    yield ("launch", "ctx, threads and parallel must be positive")
 
     # -- parameters -------------------------------------------------------------------------
 
     def check_params(self, kind: RequestKind, body: dict[str, Any]) -> None:
         # llama.cpp's /v1/completions accepts these and silently ignores them (checked on the
         # xllamacpp 2026.10 build): the output would not be what the client asked for.
-        if kind == "completion":
-            for field in ("best_of", "echo", "suffix"):
-                value = body.get(field)
-                if value not in (None, False, 1, ""):
-                    raise unsupported_parameter(field, self.name, self.plugin)
+        if kind != "completion":
+            return
+        best_of = body.get("best_of")
+        if best_of is not None and (isinstance(best_of, bool) or best_of != 1):
+            raise unsupported_parameter("best_of", self.name, self.plugin)
+        if body.get("echo") is True:
+            raise unsupported_parameter("echo", self.name, self.plugin)
+        if body.get("suffix") not in (None, ""):
+            raise unsupported_parameter("suffix", self.name, self.plugin)
 
     # -- lifecycle --------------------------------------------------------------------------
 

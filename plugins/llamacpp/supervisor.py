@@ -114,6 +114,8 @@ class ManagedProcess:
                 await self._wait_ready()
             except LaunchFailed as err:
                 log.error("%s: restart failed: %s", self.name, err)
+                # A child that is up but never healthy must go, or the loop would wait on it forever.
+                await self._terminate()
                 backoff = min(backoff * 2, self._max_backoff_s)
                 continue
             self.restarts += 1
@@ -142,3 +144,4 @@ class ManagedProcess:
                 await self._watcher
             self._watcher = None
         await self._terminate()
+        self.log_path.unlink(missing_ok=True)

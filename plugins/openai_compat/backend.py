@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from gateway.backend import BackendContext, BackendLoad, Capabilities
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, check_struct
 from gateway.errors import GatewayError
 from gateway.schemas import (
     OPENAI_CHAT_PARAMS,
@@ -80,10 +80,7 @@ class OpenAICompatBackend:
     def validate_config(cls, config: BackendConfig) -> Iterable[tuple[str, str]]:
         if config.url is None:
             yield ("url", "required key is missing")
-        try:
-            msgspec.convert(config.options, cls.options_type)
-        except msgspec.ValidationError as err:
-            yield ("options", str(err).replace("`", "").replace(" - at $.", " at "))
+        yield from check_struct(config.options, cls.options_type, "options")
 
     # -- parameters -------------------------------------------------------------------------
 
