@@ -37,7 +37,7 @@ def _unsupported(backend: Backend, kind: RequestKind, body: dict[str, Any]) -> G
 
 
 class Dispatcher:
-    """Tries candidates in order; only `BackendUnavailable` moves on to the next one."""
+    """Tries candidates in order; a server-side failure before the first byte moves on to the next."""
 
     def __init__(self, health: HealthState) -> None:
         self.health = health
@@ -62,22 +62,26 @@ class Dispatcher:
             raise first_refusal
         return able
 
-    def _give_up(self, route: Route, tried: list[tuple[str, str]], failures: list[BackendUnavailable]) -> GatewayError:
+    def _give_up(self, route: Route, failures: list[tuple[str, GatewayError]]) -> GatewayError:
+        """The error for a request every candidate failed: one failure as itself, several listed."""
+        tried = {name for name, _ in failures}
         skipped = [
             (b.name, self.health.reasons.get(b.name, "unhealthy"))
             for b in route.backends
-            if not self.health.is_healthy(b.name) and b.name not in {n for n, _ in tried}
+            if not self.health.is_healthy(b.name) and b.name not in tried
         ]
-        error = no_healthy_backend(tried + skipped)
-        if failures and all(f.status == 502 for f in failures):
-            error.status = 502
-            error.code = "backend_error"
+        if len(failures) == 1 and not skipped and failures[0][1].status in (502, 504):
+            return failures[0][1]
+        error = no_healthy_backend([(name, _reason(err)) for name, err in failures] + skipped)
+        statuses = {err.status for _, err in failures}
+        if len(statuses) == 1 and (status := statuses.pop()) in (502, 504):
+            error.status = status
+            error.code = "backend_error" if status == 502 else "backend_timeout"
         return error
 
     async def call(self, route: Route, kind: RequestKind, body: dict[str, Any]) -> tuple[Backend, bytes]:
         """A non-streaming request: (backend that served it, OpenAI JSON body)."""
-        tried: list[tuple[str, str]] = []
-        failures: list[BackendUnavailable] = []
+        failures: list[tuple[str, GatewayError]] = []
         for backend in self._candidates(route, kind, body):
             try:
                 if kind == "chat":
@@ -85,11 +89,12 @@ class Dispatcher:
                 if kind == "completion":
                     return backend, await backend.completion(body)
                 return backend, await backend.embeddings(body)
-            except BackendUnavailable as err:
+            except GatewayError as err:
+                if err.status < 500:
+                    raise  # the request's own fault: another backend would refuse it too
                 self._note_failure(backend, err)
-                tried.append((backend.name, err.reason))
-                failures.append(err)
-        raise self._give_up(route, tried, failures)
+                failures.append((backend.name, err))
+        raise self._give_up(route, failures)
 
     async def open_stream(self, route: Route, kind: RequestKind, body: dict[str, Any]) -> StreamResult:
         """A streaming request, accepted once its first events have arrived.
@@ -97,8 +102,7 @@ class Dispatcher:
         Waiting for the first event before answering the client means a backend that fails
         before producing anything can still be replaced, and its error reported as a status.
         """
-        tried: list[tuple[str, str]] = []
-        failures: list[BackendUnavailable] = []
+        failures: list[tuple[str, GatewayError]] = []
         for backend in self._candidates(route, kind, body):
             stream: EventStream | None = None
             try:
@@ -116,20 +120,25 @@ class Dispatcher:
                 except StopAsyncIteration as err:
                     raise BackendUnavailable(backend.name, "stream ended before any event") from err
                 return StreamResult(backend=backend, first=first, rest=iterator, stream=stream)
-            except BackendUnavailable as err:
+            except GatewayError as err:
                 if stream is not None:
                     await stream.aclose()
+                if err.status < 500:
+                    raise
                 self._note_failure(backend, err)
-                tried.append((backend.name, err.reason))
-                failures.append(err)
+                failures.append((backend.name, err))
             except BaseException:
                 if stream is not None:
                     await stream.aclose()
                 raise
-        raise self._give_up(route, tried, failures)
+        raise self._give_up(route, failures)
 
-    def _note_failure(self, backend: Backend, err: BackendUnavailable) -> None:
+    def _note_failure(self, backend: Backend, err: GatewayError) -> None:
         # A refused connection marks the backend down until the next active check says
         # otherwise, so the following requests do not each pay for the same failure.
-        if err.mark_down:
+        if isinstance(err, BackendUnavailable) and err.mark_down:
             self.health.mark(backend.name, False, err.reason)
+
+
+def _reason(err: GatewayError) -> str:
+    return err.reason if isinstance(err, BackendUnavailable) else err.message

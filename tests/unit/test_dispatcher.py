@@ -8,7 +8,7 @@ import pytest
 
 from gateway.backend import BackendContext, BackendUnavailable
 from gateway.config import BackendConfig
-from gateway.errors import GatewayError, backend_failed, unsupported_parameter
+from gateway.errors import GatewayError, backend_failed, backend_timeout, unsupported_parameter
 from gateway.routing.dispatcher import Dispatcher
 from gateway.routing.health import HealthState
 from gateway.routing.policies import FirstHealthyPolicy
@@ -138,12 +138,22 @@ async def test_4xx_passes_through_untouched(dispatcher: Dispatcher, health: Heal
     assert health.is_healthy("a")
 
 
-async def test_other_gateway_errors_are_not_retried(dispatcher: Dispatcher) -> None:
+async def test_server_side_failures_fall_back_and_one_failure_keeps_its_own_error(dispatcher: Dispatcher) -> None:
     a, b = make_backend("a"), make_backend("b")
     a.reply = backend_failed("a", "truncated body")
+    served_by, _ = await dispatcher.call(route(a, b), "chat", BODY)
+    assert served_by is b and len(b.calls) == 1
+    # Alone on its route, the failure is reported as itself, not wrapped in a listing.
+    err = await gateway_error(dispatcher.call(route(a), "chat", BODY))
+    assert err is a.reply and err.status == 502
+
+
+async def test_504_when_every_backend_timed_out(dispatcher: Dispatcher) -> None:
+    a, b = make_backend("a"), make_backend("b")
+    a.reply, b.reply = backend_timeout("a", "the response", 1), backend_timeout("b", "the response", 1)
     err = await gateway_error(dispatcher.call(route(a, b), "chat", BODY))
-    assert err.status == 502 and "truncated body" in err.message
-    assert b.calls == []
+    assert (err.status, err.code) == (504, "backend_timeout")
+    assert "a: backend 'a' timed out" in err.message and "b: backend 'b' timed out" in err.message
 
 
 # -- parameters ------------------------------------------------------------------------------------
