@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from gateway.api.asgi_io import ClientDisconnected, Receive, Scope, Send, read_body, send_bytes, send_error
 from gateway.api.decode import decode_request
+from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
 from gateway.errors import GatewayError, model_not_found
 from gateway.routing.dispatcher import StreamResult
@@ -67,6 +68,7 @@ class OpenAIHandler:
             return
         state = self.state
         route_name, backend_name, status = "", "", 200
+        watch: DisconnectWatch | None = None
         try:
             body = await read_body(receive, state.config.server.max_body_bytes, content_length)
             data, request = decode_request(self.kind, body)
@@ -74,52 +76,52 @@ class OpenAIHandler:
             if route is None:
                 raise model_not_found(request.model)
             route_name = route.model
+            watch = DisconnectWatch(receive)
             if self.kind != "embedding" and request.stream:
                 result = await state.dispatcher.open_stream(route, self.kind, data)
                 backend_name = result.backend.name
-                await self._stream(scope, receive, send, result, request.model, request_id, route_name, started)
+                await self._stream(send, result, request.model, request_id, route_name, started, watch)
                 return
             backend, payload = await state.dispatcher.call(route, self.kind, data)
             backend_name = backend.name
+            watch.finish()
             headers = [*_JSON_HEADERS, (b"x-gateway-backend", backend.name.encode()), (b"x-request-id", request_id)]
             await send_bytes(send, 200, ModelRenamer(request.model)(payload), headers)
         except ClientDisconnected:
             status = 499
+        except asyncio.CancelledError:
+            if watch is None or not watch.absorb():
+                raise
+            status = 499  # the client hung up; the upstream request was cancelled with us
         except GatewayError as err:
             status = err.status
+            if watch is not None:
+                watch.finish()
             await send_error(send, err, request_id)
         except Exception:
             status = 500
             log.exception("unexpected error serving request %s", request_id.decode())
+            if watch is not None:
+                watch.finish()
             await send_error(send, _INTERNAL, request_id)
         finally:
+            if watch is not None:
+                watch.finish()
             state.metrics.observe_request(route_name, backend_name, status, time.perf_counter() - started)
 
     async def _stream(
         self,
-        scope: Scope,
-        receive: Receive,
         send: Send,
         result: StreamResult,
         client_model: str,
         request_id: bytes,
         route_name: str,
         started: float,
+        watch: DisconnectWatch,
     ) -> None:
         """Write each batch of events the moment it arrives; end a failed stream with an error event."""
         backend = result.backend
         rename = ModelRenamer(client_model)
-        disconnected = asyncio.Event()
-
-        async def watch_disconnect() -> None:
-            # The body is fully read, so the next message is the client going away (or the
-            # server telling us the response is complete). Stop generating for a gone client.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            disconnected.set()
-            await result.stream.aclose()
-
-        watcher = asyncio.create_task(watch_disconnect())
         try:
             await send({
                 "type": "http.response.start",
@@ -138,11 +140,10 @@ class OpenAIHandler:
                 err = exc if isinstance(exc, GatewayError) else _INTERNAL
                 if not isinstance(exc, GatewayError):
                     log.exception("unexpected error streaming request %s", request_id.decode())
-                if not disconnected.is_set():
-                    log.warning("stream from %s failed after its first byte: %s", backend.name, err.message)
-                    self.state.metrics.observe_stream_error(route_name, backend.name)
-                    await send({"type": "http.response.body", "body": err.sse_event(), "more_body": True})
+                log.warning("stream from %s failed after its first byte: %s", backend.name, err.message)
+                self.state.metrics.observe_stream_error(route_name, backend.name)
+                await send({"type": "http.response.body", "body": err.sse_event(), "more_body": True})
+            watch.finish()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            watcher.cancel()
             await result.stream.aclose()

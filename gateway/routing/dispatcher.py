@@ -115,6 +115,10 @@ class Dispatcher:
                 try:
                     async with asyncio.timeout(limit):
                         first = await anext(iterator)
+                        # Keep-alive comments are not the first token: wait for real data so
+                        # first_token_s, fallback and the TTFT metric all mean what they say.
+                        while b"data:" not in first:
+                            first += await anext(iterator)
                 except TimeoutError as err:
                     raise backend_timeout(backend.name, "the first token", limit) from err
                 except StopAsyncIteration as err:

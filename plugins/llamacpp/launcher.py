@@ -49,12 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         params.model_alias = {args.alias}
     if args.embedding:
         params.embedding = True
+    parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = xllamacpp.Server(params)  # starts serving on its own threads
     print(f"llama.cpp server for {args.model} at {server.listening_address}", file=sys.stderr, flush=True)
-    stop.wait()
+    # Exit with the gateway even when it dies without stopping us (SIGKILL, OOM): once our
+    # parent is gone we are re-parented, and a model server nobody supervises is a leak.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            print("launcher: parent process gone; stopping", file=sys.stderr, flush=True)
+            break
     # Leave at once: the model's threads need no orderly teardown, and a slow one would
     # only delay the supervisor's restart or the gateway's shutdown.
     sys.stderr.flush()

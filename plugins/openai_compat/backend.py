@@ -9,7 +9,7 @@ import msgspec
 
 from gateway.backend import BackendContext, BackendLoad, Capabilities
 from gateway.config import BackendConfig, check_struct
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, backend_failed
 from gateway.schemas import (
     OPENAI_CHAT_PARAMS,
     OPENAI_COMPLETION_PARAMS,
@@ -21,6 +21,13 @@ from plugins.openai_compat.errors import http_error, transport_error
 from plugins.openai_compat.stream import OpenAIEventStream
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _AnyObject(msgspec.Struct):
+    """Decoding into a field-less Struct checks a body is one well-formed JSON object, cheaply."""
+
+
+_decode_object = msgspec.json.Decoder(_AnyObject).decode
 
 
 class OpenAICompatOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -105,6 +112,10 @@ class OpenAICompatBackend:
             raise transport_error(self.name, err) from err
         if response.status != 200:
             raise http_error(self.name, response.status, response.body)
+        try:
+            _decode_object(response.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            raise backend_failed(self.name, f"answered 200 with a body that is not a JSON object ({err})") from err
         return response.body
 
     async def _open_stream(self, url: str, body: dict[str, Any]) -> OpenAIEventStream:

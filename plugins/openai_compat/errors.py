@@ -39,7 +39,8 @@ def http_error(backend: str, status: int, body: bytes) -> GatewayError:
     if status >= 500 or status == 429:
         unavailable = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
         # 500/501 are the server's own fault, not overload: report them as a bad gateway.
-        unavailable.status = 502 if status in (500, 501) else 503
+        if status in (500, 501):
+            unavailable.status, unavailable.code = 502, "backend_error"
         return unavailable
     error_type = "invalid_request_error" if status < 500 else "api_error"
     return GatewayError(status, f"backend '{backend}': {message}", type=error_type, param=param, code=code)

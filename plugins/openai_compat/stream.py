@@ -12,9 +12,9 @@ from gateway.upstream import UpstreamError, UpstreamStream
 from plugins.openai_compat.errors import error_message, transport_error
 
 
-def _upstream_error_event(backend: str, events: bytes) -> GatewayError | None:
+def _event_error(backend: str, event: bytes) -> GatewayError | None:
     """llama.cpp and others report mid-stream failures as `error: {...}` or `data: {"error":...}`."""
-    for line in events.split(b"\n"):
+    for line in event.split(b"\n"):
         if line.startswith(b"error:"):
             message, _, _ = error_message(line[6:].strip())
             return backend_failed(backend, message)
@@ -27,6 +27,17 @@ def _upstream_error_event(backend: str, events: bytes) -> GatewayError | None:
                 message, _, _ = error_message(line[5:].strip())
                 return backend_failed(backend, message)
     return None
+
+
+def split_at_error(backend: str, events: bytes) -> tuple[bytes, GatewayError | None]:
+    """(the events before the first error event, that error) for a run of whole events."""
+    good: list[bytes] = []
+    for event in events.split(b"\n\n")[:-1]:
+        failure = _event_error(backend, event)
+        if failure is not None:
+            return b"".join(good), failure
+        good.append(event + b"\n\n")
+    return events, None
 
 
 class OpenAIEventStream:
@@ -48,8 +59,10 @@ class OpenAIEventStream:
                 if not events:
                     continue
                 if b"error" in events:  # one C-level search; parse only on the rare hit
-                    failure = _upstream_error_event(self._backend, events)
+                    events, failure = split_at_error(self._backend, events)
                     if failure is not None:
+                        if events:
+                            yield events  # what came before the error is still the client's
                         raise failure
                 yield events
         except UpstreamError as err:

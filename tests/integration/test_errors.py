@@ -209,9 +209,6 @@ def test_backend_5xx_is_502(fake_gateway: GatewayProcess, fake: FakeOpenAIServer
     still_serves()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a 200 answer whose body is not an OpenAI JSON object (a proxy's HTML page, a truncated body) is passed "
-    "to the client as a 200 application/json; gateway/errors.py says an unusable body is a 502"))
 @pytest.mark.parametrize("body", [b"<html><body>502 Bad Gateway (nginx)</body></html>", b'{"id": "x", "choices": ['],
                          ids=["html", "truncated-json"])
 def test_backend_200_with_an_unusable_body_is_502(fake_gateway: GatewayProcess, fake: FakeOpenAIServer,
@@ -289,9 +286,6 @@ def test_upstream_error_event_midstream_ends_with_an_error_event(fake_gateway: G
     still_serves()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: OpenAIEventStream raises on an upstream error event without first yielding the complete events that "
-    "arrived in the same read before it, so content the upstream produced is silently dropped"))
 def test_events_sharing_a_read_with_an_error_event_still_reach_the_client(
         fake_gateway: GatewayProcess, fake: FakeOpenAIServer, still_serves: Any) -> None:
     # "Hello" goes out alone; ",", " world" and the error event then leave in one write (one TCP segment).

@@ -102,3 +102,12 @@ def test_stopping_the_gateway_stops_its_llama_server(gateway_factory: Any, smoll
     ]
     assert leftovers == [], f"llama.cpp server(s) still running on port {port}: {leftovers}"
     assert "Application shutdown complete" in gateway.log_text()
+
+
+def test_a_killed_gateway_leaves_no_llama_server_behind(gateway_factory: Any, smollm2_path: Path) -> None:
+    # SIGKILL gives the gateway no chance to stop its child: the launcher must notice by itself.
+    gateway = start_managed(gateway_factory, "managed-sigkill")
+    child = the_llama_child(gateway)
+    assert ask(gateway).status_code == 200
+    gateway.stop(signal.SIGKILL, timeout=10)
+    assert wait_until(lambda: not pid_alive(child), timeout=15), f"llama.cpp child {child} outlived a killed gateway"

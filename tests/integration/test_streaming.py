@@ -90,10 +90,6 @@ def hang_up_after_upstream_got_it(gateway: GatewayProcess, scenario: Any, body: 
         assert wait_until(lambda: bool(scenario.requests), timeout=10), "the request never reached the upstream"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the gateway only watches for a client disconnect once a stream has sent its first byte; a client that "
-    "gives up on a non-stream request, or on a stream still waiting for its first token, leaves the upstream "
-    "request (and llama.cpp's generation) running until the backend's timeout"))
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream-before-first-token"])
 def test_client_giving_up_before_the_first_byte_releases_the_upstream(
         fake_gateway: GatewayProcess, fake: FakeOpenAIServer, stream: bool) -> None:

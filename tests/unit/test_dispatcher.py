@@ -314,6 +314,24 @@ async def test_504_when_the_first_event_is_late(dispatcher: Dispatcher) -> None:
     assert slow.closed
 
 
+async def test_keepalive_comments_are_not_the_first_token(dispatcher: Dispatcher) -> None:
+    a = make_backend("a")
+    a.stream_factory = lambda: ScriptedStream([b": keep-alive\n\n", b": ping\n\n", chunk_event("hi"), DONE])
+    result = await dispatcher.open_stream(route(a), "chat", BODY)
+    # The comments travel with the first data event instead of standing in for it.
+    assert result.first == b": keep-alive\n\n: ping\n\n" + chunk_event("hi")
+    assert await drain(result) == result.first + DONE
+
+
+async def test_only_comments_until_the_deadline_is_a_first_token_timeout(dispatcher: Dispatcher) -> None:
+    a, b = make_backend("a", first_token_s=0.2), make_backend("b")
+    chatty = ScriptedStream([b": keep-alive\n\n"] * 100, delay_s=0.01)
+    a.stream_factory = lambda: chatty
+    result = await dispatcher.open_stream(route(a, b), "chat", BODY)
+    assert result.backend is b  # nothing reached the client, so the next backend could take over
+    assert chatty.closed
+
+
 async def test_stream_4xx_passes_through(dispatcher: Dispatcher) -> None:
     a, b = make_backend("a"), make_backend("b")
     original = http_error("a", 400, b'{"error":{"message":"bad","param":"stop"}}')
