@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -276,3 +277,25 @@ def read_events(chunks: Iterator[bytes], count: int) -> bytes:
         if raw.replace(b"\r\n", b"\n").count(b"\n\n") >= count:
             break
     return raw
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of metric `name` in a Prometheus text page."""
+    found = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group("name") == name:
+            found.append((dict(_LABEL.findall(match.group("labels") or "")), float(match.group("value"))))
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of `name` whose labels include `labels`."""
+    for sample_labels, sample_value in samples(text, name):
+        if all(sample_labels.get(k) == v for k, v in labels.items()):
+            return sample_value
+    return None

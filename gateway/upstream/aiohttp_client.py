@@ -9,6 +9,7 @@ import aiohttp
 
 from gateway.upstream import (
     UpstreamConnectError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -16,6 +17,18 @@ from gateway.upstream import (
 )
 
 _JSON_HEADERS = {"content-type": "application/json"}
+_FAILURES = (TimeoutError, aiohttp.ClientError, ConnectionError)
+
+
+def _translate(err: BaseException, timeouts: UpstreamTimeouts, phase: str, seconds: float) -> UpstreamError:
+    """aiohttp's failure before a response as the transport-neutral `UpstreamError`."""
+    if isinstance(err, aiohttp.ServerTimeoutError):  # before TimeoutError: it is one
+        return UpstreamTimeout("connect", timeouts.connect_s)
+    if isinstance(err, TimeoutError):
+        return UpstreamTimeout(phase, seconds)
+    if isinstance(err, (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)):
+        return UpstreamConnectError(str(err) or type(err).__name__)
+    return UpstreamProtocolError(str(err) or type(err).__name__)
 
 
 class AiohttpStream:
@@ -103,14 +116,8 @@ class AiohttpUpstream:
                     return UpstreamResponse(
                         status=response.status, body=data, content_type=response.headers.get("content-type", "")
                     )
-        except TimeoutError as err:
-            raise UpstreamTimeout("total", timeouts.total_s) from err
-        except aiohttp.ServerTimeoutError as err:
-            raise UpstreamTimeout("connect", timeouts.connect_s) from err
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as err:
-            raise UpstreamConnectError(str(err) or type(err).__name__) from err
-        except (aiohttp.ClientError, ConnectionError) as err:
-            raise UpstreamProtocolError(str(err) or type(err).__name__) from err
+        except _FAILURES as err:
+            raise _translate(err, timeouts, "total", timeouts.total_s) from err
 
     async def open_stream(
         self,
@@ -130,14 +137,8 @@ class AiohttpUpstream:
                 response = await session.request(
                     method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
                 )
-        except TimeoutError as err:
-            raise UpstreamTimeout("first byte", first_byte_s) from err
-        except aiohttp.ServerTimeoutError as err:
-            raise UpstreamTimeout("connect", timeouts.connect_s) from err
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as err:
-            raise UpstreamConnectError(str(err) or type(err).__name__) from err
-        except (aiohttp.ClientError, ConnectionError) as err:
-            raise UpstreamProtocolError(str(err) or type(err).__name__) from err
+        except _FAILURES as err:
+            raise _translate(err, timeouts, "first byte", first_byte_s) from err
         return AiohttpStream(response, deadline, timeouts.total_s)
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ import httpx
 
 from gateway.upstream import (
     UpstreamConnectError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -19,6 +20,18 @@ from gateway.upstream import (
 )
 
 _JSON_HEADERS = {"content-type": "application/json"}
+_FAILURES = (TimeoutError, httpx.HTTPError)
+
+
+def _translate(err: BaseException, timeouts: UpstreamTimeouts, phase: str, seconds: float) -> UpstreamError:
+    """httpx's failure before a response as the transport-neutral `UpstreamError`."""
+    if isinstance(err, httpx.ConnectTimeout):
+        return UpstreamTimeout("connect", timeouts.connect_s)
+    if isinstance(err, TimeoutError):
+        return UpstreamTimeout(phase, seconds)
+    if isinstance(err, (httpx.ConnectError, httpx.RemoteProtocolError)):
+        return UpstreamConnectError(str(err) or type(err).__name__)
+    return UpstreamProtocolError(str(err) or type(err).__name__)
 
 
 class HttpxStream:
@@ -78,14 +91,8 @@ class HttpxUpstream:
                 response = await self._client.request(
                     method, url, content=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
                 )
-        except TimeoutError as err:
-            raise UpstreamTimeout("total", timeouts.total_s) from err
-        except httpx.ConnectTimeout as err:
-            raise UpstreamTimeout("connect", timeouts.connect_s) from err
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as err:
-            raise UpstreamConnectError(str(err) or type(err).__name__) from err
-        except httpx.HTTPError as err:
-            raise UpstreamProtocolError(str(err) or type(err).__name__) from err
+        except _FAILURES as err:
+            raise _translate(err, timeouts, "total", timeouts.total_s) from err
         return UpstreamResponse(
             status=response.status_code, body=response.content, content_type=response.headers.get("content-type", "")
         )
@@ -108,14 +115,8 @@ class HttpxUpstream:
         try:
             async with asyncio.timeout(first_byte_s):
                 response = await self._client.send(request, stream=True)
-        except TimeoutError as err:
-            raise UpstreamTimeout("first byte", first_byte_s) from err
-        except httpx.ConnectTimeout as err:
-            raise UpstreamTimeout("connect", timeouts.connect_s) from err
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as err:
-            raise UpstreamConnectError(str(err) or type(err).__name__) from err
-        except httpx.HTTPError as err:
-            raise UpstreamProtocolError(str(err) or type(err).__name__) from err
+        except _FAILURES as err:
+            raise _translate(err, timeouts, "first byte", first_byte_s) from err
         return HttpxStream(response, deadline, timeouts.total_s)
 
     async def aclose(self) -> None:

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
-from gateway_process import GatewayProcess, assert_openai_error, closed_port
+from gateway_process import GatewayProcess, assert_openai_error, closed_port, samples, value
 
 pytestmark = pytest.mark.integration
-
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample of metric `name` in a Prometheus text page."""
-    found = []
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match and match.group("name") == name:
-            found.append((dict(_LABEL.findall(match.group("labels") or "")), float(match.group("value"))))
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    for sample_labels, sample_value in samples(text, name):
-        if all(sample_labels.get(k) == v for k, v in labels.items()):
-            return sample_value
-    return None
-
 
 def test_health(llama_gateway: GatewayProcess) -> None:
     with llama_gateway.http() as http:
@@ -67,8 +45,9 @@ def test_metrics_count_requests_by_route_backend_and_status(llama_gateway: Gatew
     with llama_gateway.http() as http:
         before = http.get("/metrics").text
         client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
-        client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1,
-                                       stream=True).close()
+        # Read to the end: a client that hangs up mid-stream is counted as 499, not 200.
+        list(client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=1, stream=True))
         assert http.post("/v1/chat/completions", json={"model": "nope", "messages": []}).status_code == 400
         assert http.post("/v1/chat/completions", json={
             "model": "nope", "messages": [{"role": "user", "content": "x"}]}).status_code == 404

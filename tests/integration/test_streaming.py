@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fake_openai_server import FakeOpenAIServer
-from gateway_process import GatewayProcess, read_events, sse_data, wait_until
+from gateway_process import GatewayProcess, read_events, sse_data, value, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -95,12 +95,20 @@ def test_client_giving_up_before_the_first_byte_releases_the_upstream(
         fake_gateway: GatewayProcess, fake: FakeOpenAIServer, stream: bool) -> None:
     knob = "delay_before_first_chunk_s" if stream else "delay_before_headers_s"
     scenario = fake.configure("held", **{knob: 60})
+
+    def hang_ups() -> float:
+        with fake_gateway.http() as http:
+            text = http.get("/metrics").text
+        return value(text, "gateway_requests_total", route="held", backend="", status="499") or 0
+
+    before = hang_ups()
     try:
         hang_up_after_upstream_got_it(fake_gateway, scenario, {"model": "held", "messages": MESSAGES,
                                                                "stream": stream})
         # The gateway is local and idle: a few seconds is ample to notice, while the upstream would wait 60.
         assert wait_until(scenario.client_disconnected.is_set, timeout=5), \
             "the upstream request kept running after the client hung up"
+        assert wait_until(lambda: hang_ups() == before + 1, timeout=5), "the hang-up was not counted as a 499"
     finally:
         scenario.release.set()
 
