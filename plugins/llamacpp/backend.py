@@ -6,7 +6,7 @@ import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -30,6 +30,7 @@ class LaunchConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     threads: int = 2
     parallel: int = 2
     embedding: bool = False
+    pooling: Literal["mean", "cls", "last"] = "mean"
     startup_timeout_s: float = 120.0
 
 
@@ -123,7 +124,7 @@ class LlamaCppBackend(OpenAICompatBackend):
             "--parallel", str(self.launch.parallel), "--alias", self.config.model,
         ]
         if self.launch.embedding:
-            argv.append("--embedding")
+            argv += ["--embedding", "--pooling", self.launch.pooling]
         self.process = ManagedProcess(
             self.name, argv, self.health, startup_timeout_s=self.launch.startup_timeout_s
         )

@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=2, help="number of slots (concurrent requests)")
     parser.add_argument("--alias", default=None, help="model name the server reports")
     parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings")
+    parser.add_argument("--pooling", choices=("mean", "cls", "last"), default="mean",
+                        help="how token vectors become one embedding (OpenAI's API needs one)")
     return parser.parse_args(argv)
 
 
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         params.model_alias = {args.alias}
     if args.embedding:
         params.embedding = True
+        # A generative GGUF has no pooling of its own ("none"), which llama.cpp refuses to
+        # serve on /v1/embeddings.
+        params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
