@@ -51,8 +51,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name in sorted(registry.types):
         factory = registry.types[name]
         print(f"  {name:<16} {factory.__module__}.{factory.__qualname__}  (plugin {registry.sources[name]})")
+    for name, why in sorted(registry.failures.items()):
+        print(f"  {name:<16} FAILED TO LOAD: {why}")
     if not args.config:
-        return 0
+        return 1 if registry.failures else 0
     try:
         config = load_config(args.config, validators=registry.validators())
     except ConfigError as err:
