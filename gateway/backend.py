@@ -47,9 +47,10 @@ class Capabilities(msgspec.Struct, kw_only=True, frozen=True):
 class BackendLoad(msgspec.Struct, kw_only=True):
     """Load read from the server's own metrics; None where the server does not say."""
 
-    running: float | None = None
-    waiting: float | None = None
-    kv_cache_usage: float | None = None
+    running: float | None = None  # requests being generated now
+    waiting: float | None = None  # requests queued in the server
+    kv_cache_usage: float | None = None  # 0..1
+    capacity: float | None = None  # requests the server runs at once (slots, max batch)
 
 
 class EventStream(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from gateway.config import BackendConfig, check_struct
 from gateway.errors import unsupported_parameter
 from gateway.schemas import RequestKind
 from gateway.upstream import UpstreamError
-from plugins.llamacpp.metrics import parse_load
+from plugins.llamacpp.metrics import parse_load, parse_slots
 from plugins.llamacpp.model_path import ModelNotFound, resolve_model
 from plugins.llamacpp.supervisor import ManagedProcess
 from plugins.openai_compat.backend import OpenAICompatBackend, OpenAICompatOptions
@@ -176,14 +177,20 @@ class LlamaCppBackend(OpenAICompatBackend):
         return decoded
 
     async def load(self) -> BackendLoad:
-        """Requests processing / deferred and KV-cache use from llama.cpp's Prometheus metrics."""
+        """Requests processing / deferred from `/metrics`, slots and KV-cache use from `/slots`."""
         try:
-            status, body = await self.get("/metrics")
+            (metrics_status, metrics), (slots_status, slots) = await asyncio.gather(
+                self.get("/metrics"), self.get("/slots")
+            )
         except UpstreamError as err:
             raise BackendUnavailable(self.name, str(err)) from err
-        if status != 200:
-            return BackendLoad()
-        return parse_load(body.decode("utf-8", "replace"))
+        load = parse_load(metrics.decode("utf-8", "replace")) if metrics_status == 200 else BackendLoad()
+        if slots_status == 200:
+            count, processing, usage = parse_slots(msgspec.json.decode(slots))
+            load.capacity, load.kv_cache_usage = count, usage
+            if load.running is None:
+                load.running = processing
+        return load
 
     def model_file(self) -> Path | None:
         """The GGUF file a managed server runs, for `gateway backends`."""

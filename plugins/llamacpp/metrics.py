@@ -1,6 +1,8 @@
-"""Reading llama.cpp's Prometheus text for the load signal the router uses."""
+"""Reading llama.cpp's `/metrics` and `/slots` for the load signal the router uses."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from gateway.backend import BackendLoad
 
@@ -24,3 +26,22 @@ def parse_load(text: str) -> BackendLoad:
             except (ValueError, IndexError):
                 continue
     return BackendLoad(running=values.get(_RUNNING), waiting=values.get(_WAITING), kv_cache_usage=values.get(_KV))
+
+
+def parse_slots(slots: list[dict[str, Any]]) -> tuple[int, int, float | None]:
+    """(slots, slots processing, KV-cache use 0..1) from `GET /slots`.
+
+    This build's /metrics has no KV gauge, so use is estimated from the slots: the tokens a
+    slot holds (its last prompt plus what it decoded) over its context size. Idle slots keep
+    their prompt cached, which is what prefix-aware routing wants to know.
+    """
+    total_ctx = 0
+    used = 0
+    processing = 0
+    for slot in slots:
+        total_ctx += int(slot.get("n_ctx") or 0)
+        processing += bool(slot.get("is_processing"))
+        decoded = sum(int(t.get("n_decoded") or 0) for t in slot.get("next_token") or ())
+        used += int(slot.get("n_prompt_tokens") or 0) + decoded
+    usage = min(used / total_ctx, 1.0) if total_ctx else None
+    return len(slots), processing, usage

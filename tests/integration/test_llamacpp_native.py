@@ -52,6 +52,10 @@ async def test_health_slots_and_load(backend: LlamaCppBackend, llama_server: Lla
     slots = await backend.slots()
     assert len(slots) == 2  # the session server runs with --parallel 2
     assert {"id", "is_processing"} <= set(slots[0])
+    await backend.native_completion({"prompt": "Once upon a time", "n_predict": 4, "cache_prompt": True})
     load = await backend.load()
     assert load.running is not None and load.running >= 0
     assert load.waiting is not None and load.waiting >= 0
+    assert load.capacity == 2
+    # The finished request's tokens stay cached in its slot, so some of the KV cache is in use.
+    assert load.kv_cache_usage is not None and 0 < load.kv_cache_usage <= 1

@@ -109,3 +109,18 @@ def test_parse_load_with_labels_crlf_and_scientific_notation() -> None:
 def test_parse_load_unknown_or_broken_values_are_none(text: str) -> None:
     load = parse_load(text)
     assert (load.running, load.waiting, load.kv_cache_usage) == (None, None, None)
+
+
+def test_parse_slots_counts_processing_slots_and_estimates_kv_use() -> None:
+    from plugins.llamacpp.metrics import parse_slots
+
+    # Shape of `GET /slots` on the xllamacpp 2026.10 build (one idle slot, one that served a request).
+    slots = [
+        {"id": 0, "n_ctx": 1024, "speculative": False, "is_processing": False},
+        {"id": 1, "n_ctx": 1024, "speculative": False, "is_processing": True, "id_task": 0,
+         "n_prompt_tokens": 33, "next_token": [{"has_next_token": True, "n_remain": 10, "n_decoded": 31}]},
+    ]
+    count, processing, usage = parse_slots(slots)
+    assert (count, processing) == (2, 1)
+    assert usage == (33 + 31) / 2048
+    assert parse_slots([]) == (0, 0, None)
