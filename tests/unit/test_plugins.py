@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from importlib.metadata import entry_points
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,30 @@ def test_validators_use_validate_config_or_accept_anything() -> None:
     config = BackendConfig(name="x", plugin="picky", model="m")
     assert list(validators["picky"](config)) == [("options.size", "too big")]
     assert list(validators["fake"](config)) == []
+
+
+def test_a_plugin_that_fails_to_import_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    import gateway.plugins as plugins_module
+    from gateway.config import ConfigError, parse_config
+
+    real = importlib.metadata.entry_points
+    broken = importlib.metadata.EntryPoint(name="broken", value="no_such_module_for_gateway", group="gateway.plugins")
+
+    def entry_points(**kwargs: Any) -> Any:
+        return [*real(**kwargs), broken]
+
+    monkeypatch.setattr(plugins_module.importlib.metadata, "entry_points", entry_points)
+    registry = plugins_module.load_backend_registry()
+    assert {"openai_compat", "llamacpp"} <= set(registry.types)  # the others still load
+    assert "ModuleNotFoundError" in registry.failures["broken"]
+    config = {
+        "backends": [{"name": "b", "plugin": "broken", "model": "m", "url": "http://127.0.0.1:1"}],
+        "routes": [{"model": "m", "backends": ["b"]}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(config, env={}, validators=registry.validators())
+    assert info.value.problems == [
+        f"backends[0].plugin: the plugin is installed but failed to load: {registry.failures['broken']}"
+    ]
