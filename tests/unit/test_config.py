@@ -15,6 +15,8 @@ from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 from gateway.plugins import load_backend_registry
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every backend type installed here (the built-ins and any plugin package), as config errors list them.
+INSTALLED = ", ".join(sorted(load_backend_registry().validators()))
 
 GOOD: dict[str, Any] = {
     "server": {"host": "0.0.0.0", "port": 9000, "upstream_client": "httpx", "health_interval_s": 1.5},
@@ -206,7 +208,7 @@ def test_unknown_plugin_lists_installed_ones(validators: Any) -> None:
     raw = variant()
     raw["backends"][0]["plugin"] = "tgi-nope"
     assert problems_of(raw, validators) == [
-        "backends[0].plugin: unknown plugin 'tgi-nope' (installed: llamacpp, openai_compat)"
+        "backends[0].plugin: unknown plugin 'tgi-nope' (installed: " + INSTALLED + ")"
     ]
 
 
@@ -277,7 +279,7 @@ def test_several_problems_are_all_listed(validators: Any) -> None:
         "extra: unknown key",
         "server.colour: unknown key",
         "backends[0].url: not a URL (expected http://host:port or https://...)",
-        "backends[1].plugin: unknown plugin 'missing-plugin' (installed: llamacpp, openai_compat)",
+        "backends[1].plugin: unknown plugin 'missing-plugin' (installed: " + INSTALLED + ")",
         "backends[2].name: duplicate backend name 'vllm-a'",
         "routes[0].backends[0]: unknown backend 'ghost'",
         "routes[1].policy: invalid enum value 'lottery'",
@@ -381,7 +383,7 @@ extra: true
         "extra: unknown key",
         "server.bogus: unknown key",
         "backends[1].url: not a URL (expected http://host:port or https://...)",
-        "backends[2].plugin: unknown plugin 'no_such_plugin' (installed: llamacpp, openai_compat)",
+        "backends[2].plugin: unknown plugin 'no_such_plugin' (installed: " + INSTALLED + ")",
         "backends[2].name: duplicate backend name 'a'",
         "routes[0].backends[1]: unknown backend 'zz'",
     ])

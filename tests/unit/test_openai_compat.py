@@ -276,7 +276,9 @@ async def test_llamacpp_load_reads_metrics() -> None:
     upstream.responses.append(UpstreamResponse(
         status=200, body=b"llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\n"
                          b"llamacpp:kv_cache_usage_ratio 0.5\n"))
+    upstream.responses.append(UpstreamResponse(status=501, body=b'{"error": "slots endpoint disabled"}'))
     load = await b.load()
-    assert (load.running, load.waiting, load.kv_cache_usage) == (2.0, 1.0, 0.5)
-    assert upstream.requests[0]["url"] == "http://gpu:8000/metrics"
+    # Without /slots (disabled on that server), the numbers come from /metrics alone.
+    assert (load.running, load.waiting, load.kv_cache_usage, load.capacity) == (2.0, 1.0, 0.5, None)
+    assert [r["url"] for r in upstream.requests] == ["http://gpu:8000/metrics", "http://gpu:8000/slots"]
     assert "top_k" in b.supported_params("chat")
