@@ -18,6 +18,9 @@ class Fault(StrEnum):
     MALFORMED_CHUNK = "malformed_chunk"  # a stream chunk that is not valid JSON
     CUT_STREAM = "cut_stream"  # the connection drops mid-stream, no end marker
     HANG = "hang"  # accept the request, never answer
+    # The server reports a failure in its own in-stream error format after fault_after_tokens
+    # (Ollama's `{"error": ...}` NDJSON line). Emulators without such a format may ignore it.
+    STREAM_ERROR = "stream_error"
 
 
 class Knobs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -127,7 +127,14 @@ def knobs_from_args(args: argparse.Namespace) -> Knobs:
     )
 
 
-def serve(app: web.Application, host: str, port: int, name: str) -> None:
-    """Run an emulator app until interrupted, saying where it listens."""
+def serve(app: web.Application, host: str, port: int, name: str, *, shutdown_timeout: float = 1.0,
+          handler_cancellation: bool = True) -> None:
+    """Run an emulator app until interrupted, saying where it listens.
+
+    By default a handler is cancelled when its client hangs up (as inference servers stop
+    generating), and a short `shutdown_timeout` keeps a `hang` fault from holding SIGTERM for
+    aiohttp's default 60 s.
+    """
     print(f"{name} emulator listening on http://{host}:{port}", flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=shutdown_timeout,
+                handler_cancellation=handler_cancellation)
