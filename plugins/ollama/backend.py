@@ -2,7 +2,7 @@
 
 Traffic goes through the gateway's shared aiohttp upstream (`context.upstream`), as for
 every plugin: the official `ollama` client (httpx inside) measured several times the CPU
-per request (plugins/ollama/client_benchmark.py) and would bring its own pool. The few
+per request (benchmarks/ollama_client.py) and would bring its own pool. The few
 control-plane calls (`/api/version`, `/api/tags`, `/api/ps`) use the same pooled client with
 short probe limits, so one transport carries one set of timeouts and error mappings; the
 `ollama` client is the conformance client of the tests instead.

@@ -1,6 +1,6 @@
 """Which client should carry Ollama traffic: CPU per request, the `ollama` client against aiohttp.
 
-`python -m plugins.ollama.client_benchmark [--requests 1000] [--concurrency 64]` starts the
+`python benchmarks/ollama_client.py [--requests 1000] [--concurrency 64]` starts the
 emulator in a subprocess and, in this process, sends the same `/api/chat` (whole answer)
 and `/api/generate` (NDJSON stream) requests through each client, measuring this process's
 CPU time per request and the request rate, side by side in one run:
