@@ -395,3 +395,9 @@ def test_check_config_cli_reports_invalid_yaml(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not valid YAML at line" in result.stderr
     assert "column" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path, validators: Any) -> None:
+    config = load_config(path, env={}, validators=validators)
+    assert config.backends and config.routes
