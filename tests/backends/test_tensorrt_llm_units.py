@@ -20,10 +20,11 @@ from gateway.config import ConfigError, parse_config
 from gateway.errors import GatewayError
 from gateway.plugins import load_backend_registry
 from gateway.upstream.aiohttp_client import AiohttpUpstream
+from plugins.openai_compat.stream import split_at_problem
 from plugins.tensorrt_llm import TensorRTLLMBackend
 from plugins.tensorrt_llm.chat_templates import BUILTIN_TEMPLATES, render_chat
 from plugins.tensorrt_llm.options import TritonOptions
-from plugins.tensorrt_llm.serve_backend import TrtllmServeBackend, _malformed
+from plugins.tensorrt_llm.serve_backend import TrtllmServeBackend
 from plugins.tensorrt_llm.serve_metrics import IterationLoad
 from plugins.tensorrt_llm.stop_words import StopTrimmer, trim_stop
 from plugins.tensorrt_llm.triton_backend import TritonBackend
@@ -232,6 +233,6 @@ def test_iteration_stats_as_load() -> None:
 
 def test_a_malformed_passthrough_event_is_found() -> None:
     good = b'data: {"id": "a"} \n\ndata: [DONE]\n\n'
-    assert _malformed(good) == (good, None)
-    events, problem = _malformed(b'data: {"id": "a"}\n\ndata: {"id": \n\ndata: [DONE]\n\n')
-    assert events == b'data: {"id": "a"}\n\n' and problem is not None
+    assert split_at_problem("trt", good) == (good, None)
+    events, problem = split_at_problem("trt", b'data: {"id": "a"}\n\ndata: {"id": \n\ndata: [DONE]\n\n')
+    assert events == b'data: {"id": "a"}\n\n' and problem is not None and problem.status == 502

@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from plugins.emulation.openai_wire import json_response
+
 # [proto] the fields each request model declares; any other is "extra_forbidden".
 CHAT_FIELDS = frozenset({
     "messages", "prompt_token_ids", "prompt_token_ids_b64", "model", "frequency_penalty", "logit_bias", "logprobs",
@@ -52,12 +54,6 @@ class RequestInvalid(Exception):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(str(errors))
         self.errors = errors
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """Starlette's JSONResponse: compact JSON (separators ",", ":"), application/json."""
-    return web.Response(status=status, body=msgspec.json.encode(body),
-                        headers={"Content-Type": "application/json", **(headers or {})})
 
 
 def validation_error(err: RequestInvalid) -> web.Response:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from plugins.emulation import EmulatorRuntime, Fault, Generation, QueueFull
 from plugins.emulation.model import count_tokens
+from plugins.emulation.openai_wire import stops
 from plugins.tensorrt_llm.chat_templates import BUILTIN_TEMPLATES, render_chat
 from plugins.tensorrt_llm.emulator.common import cut, fault_before_answer, generate
 from plugins.tensorrt_llm.emulator.serve_wire import (
@@ -29,12 +30,6 @@ from plugins.tensorrt_llm.emulator.serve_wire import (
 _SSE = "text/event-stream; charset=utf-8"  # Starlette StreamingResponse(media_type="text/event-stream")
 _MAX_ITERATIONS = 1000  # executor kDefaultIterStatsMaxIterations: the stats queue keeps the last 1000
 _KV_BLOCKS = 101256  # trtllm-serve.rst's /metrics example: maxNumBlocks 101256, tokensPerBlock 32
-
-
-def _stops(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else [s for s in value if isinstance(s, str)]
 
 
 def _finish(gen: Generation) -> tuple[str, str | None]:
@@ -128,7 +123,7 @@ class TrtllmServeEmulator:
             return failed
         try:
             async with self.runtime.slot():
-                gen = generate(self.runtime, prompt, max_tokens, _stops(body.get("stop")))
+                gen = generate(self.runtime, prompt, max_tokens, stops(body.get("stop")))
                 if body.get("stream"):
                     return await self._stream(request, kind, body, gen, prompt, prompt_tokens)
                 return await self._whole(request, kind, body, gen, prompt, prompt_tokens)
