@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.backend import BackendLoad
+from gateway.prometheus_text import parse_samples, total
 
 # llama.cpp names (tools/server: metrics endpoint); older builds used kv_cache_usage_ratio.
 _RUNNING = "llamacpp:requests_processing"
@@ -14,18 +15,10 @@ _KV = "llamacpp:kv_cache_usage_ratio"
 
 def parse_load(text: str) -> BackendLoad:
     """Pick the gauges the router needs out of a Prometheus text page."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name, _, rest = line.partition(" ")
-        name = name.split("{", 1)[0]
-        if name in (_RUNNING, _WAITING, _KV):
-            try:
-                values[name] = float(rest.split()[0])
-            except (ValueError, IndexError):
-                continue
-    return BackendLoad(running=values.get(_RUNNING), waiting=values.get(_WAITING), kv_cache_usage=values.get(_KV))
+    samples = parse_samples(text, (_RUNNING, _WAITING, _KV))
+    return BackendLoad(
+        running=total(samples, _RUNNING), waiting=total(samples, _WAITING), kv_cache_usage=total(samples, _KV)
+    )
 
 
 def parse_slots(slots: list[dict[str, Any]]) -> tuple[int, int, float | None]:

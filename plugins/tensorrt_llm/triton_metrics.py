@@ -9,51 +9,26 @@ Names from tensorrtllm_backend README.md "Triton Metrics" and server docs/user_g
 
 from __future__ import annotations
 
-import re
-
 from gateway.backend import BackendLoad
+from gateway.prometheus_text import parse_samples, total, values_of
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_WANTED = ("nv_trt_llm_request_metrics", "nv_inference_pending_request_count", "nv_trt_llm_kv_cache_block_metrics")
-
-Sample = tuple[str, dict[str, str], float]
-
-
-def _samples(text: str) -> list[Sample]:
-    found: list[Sample] = []
-    for line in text.splitlines():
-        if not line.startswith(_WANTED):
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            continue
-        found.append((match.group(1), dict(_LABEL.findall(match.group(2) or "")), value))
-    return found
-
-
-def _sum(samples: list[Sample], name: str, key: str, wanted: str, model: str | None) -> float | None:
-    values = [v for n, labels, v in samples
-              if n == name and labels.get(key) == wanted and (model is None or labels.get("model") == model)]
-    return sum(values) if values else None
+_REQUESTS = "nv_trt_llm_request_metrics"
+_PENDING = "nv_inference_pending_request_count"
+_KV_BLOCKS = "nv_trt_llm_kv_cache_block_metrics"
 
 
 def parse_load(text: str, trtllm_model: str | None = None) -> BackendLoad:
     """Running, waiting, KV-cache use and capacity; `trtllm_model` picks one model's labels."""
-    samples = _samples(text)
-    running = _sum(samples, "nv_trt_llm_request_metrics", "request_type", "active", trtllm_model)
-    capacity = _sum(samples, "nv_trt_llm_request_metrics", "request_type", "max", trtllm_model)
-    queued = _sum(samples, "nv_trt_llm_request_metrics", "request_type", "waiting", trtllm_model)
-    pending = [v for n, _, v in samples if n == "nv_inference_pending_request_count"]
+    samples = parse_samples(text, (_REQUESTS, _PENDING, _KV_BLOCKS))
+    running = total(samples, _REQUESTS, request_type="active", model=trtllm_model)
+    capacity = total(samples, _REQUESTS, request_type="max", model=trtllm_model)
+    queued = total(samples, _REQUESTS, request_type="waiting", model=trtllm_model)
+    pending = values_of(samples, _PENDING)
     waiting: float | None = None
     if queued is not None or pending:
         # Queued inside TensorRT-LLM's executor plus held by Triton in front of any model.
         waiting = (queued or 0.0) + sum(pending)
-    used = _sum(samples, "nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "used", trtllm_model)
-    total = _sum(samples, "nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "max", trtllm_model)
-    kv = used / total if used is not None and total else None
+    used = total(samples, _KV_BLOCKS, kv_cache_block_type="used", model=trtllm_model)
+    blocks = total(samples, _KV_BLOCKS, kv_cache_block_type="max", model=trtllm_model)
+    kv = used / blocks if used is not None and blocks else None
     return BackendLoad(running=running, waiting=waiting, kv_cache_usage=kv, capacity=capacity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.backend import BackendLoad
+from gateway.prometheus_text import parse_samples, total, values_of
 
 # V1 engine names (vllm/v1/metrics/loggers.py, `PrometheusStatLogger`): one sample per engine
 # core, labelled engine="<index>" and model_name. KV use is a fraction, "1 means 100 percent".
@@ -16,25 +17,12 @@ _WANTED = frozenset({_RUNNING, _WAITING, _KV, _KV_OLD})
 
 def parse_load(text: str) -> BackendLoad:
     """Requests running and waiting (summed over engines) and mean KV-cache use, 0..1."""
-    samples: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#" or not line.startswith("vllm:"):
-            continue
-        # `name{labels} value [timestamp]`; label values never hold "} " in vLLM's output.
-        head, _, rest = line.rpartition("} ") if "{" in line else line.partition(" ")
-        name = head.split("{", 1)[0]
-        if name not in _WANTED:
-            continue
-        try:
-            value = float(rest.split()[0])
-        except (ValueError, IndexError):
-            continue
-        samples.setdefault(name, []).append(value)
-    kv = samples.get(_KV) or samples.get(_KV_OLD)
+    samples = parse_samples(text, _WANTED)
+    kv = values_of(samples, _KV) or values_of(samples, _KV_OLD)
     # With data parallelism every engine reports its own queue and its own KV pool: the
     # server's queue is the sum, its KV pressure the mean of equally sized pools.
     return BackendLoad(
-        running=sum(samples[_RUNNING]) if _RUNNING in samples else None,
-        waiting=sum(samples[_WAITING]) if _WAITING in samples else None,
+        running=total(samples, _RUNNING),
+        waiting=total(samples, _WAITING),
         kv_cache_usage=sum(kv) / len(kv) if kv else None,
     )
