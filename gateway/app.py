@@ -8,10 +8,11 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
-from litestar.handlers import asgi
+from litestar.handlers import ASGIRouteHandler, asgi
 
 from gateway.api.asgi_io import Receive, Scope, Send
 from gateway.api.openai_routes import OpenAIHandler
@@ -31,19 +32,19 @@ _OPENAI_PATHS: dict[str, RequestKind] = {
 }
 
 
-def _http_exception(_request: Request, exc: HTTPException) -> Response[bytes]:
+def _http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (unknown path, wrong method) in OpenAI's error shape."""
     error = GatewayError(exc.status_code, str(exc.detail), code=f"http_{exc.status_code}")
     return Response(error.body(), status_code=exc.status_code, media_type="application/json")
 
 
-def _internal_error(_request: Request, exc: Exception) -> Response[bytes]:
+def _internal_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error", exc_info=exc)
     error = GatewayError(500, "internal gateway error; see the gateway's logs", type="api_error")
     return Response(error.body(), status_code=500, media_type="application/json")
 
 
-def _openai_route(path: str, handler: OpenAIHandler) -> object:
+def _openai_route(path: str, handler: OpenAIHandler) -> ASGIRouteHandler:
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await handler(scope, receive, send)
 

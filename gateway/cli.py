@@ -96,11 +96,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"gateway: serving {args.config} on http://{host}:{port} ({args.server})", file=sys.stderr, flush=True)
     if args.server == "granian":
         from granian import Granian  # optional extra: pip install '.[granian]'
+        from granian.constants import Interfaces, Loops
 
         os.environ["GATEWAY_CONFIG"] = str(Path(args.config).resolve())
         Granian(
-            "gateway.app:app_from_env", factory=True, address=host, port=port, interface="asgi",
-            workers=1, loop="uvloop", log_level=args.log_level,
+            "gateway.app:app_from_env", factory=True, address=host, port=port, interface=Interfaces.ASGI,
+            workers=1, loop=Loops.uvloop, log_level=args.log_level,
         ).serve()
         return 0
     import uvicorn

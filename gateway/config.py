@@ -235,14 +235,14 @@ def parse_config(
     server = _convert(raw.get("server", {}), ServerConfig, "server", problems)
     redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
-    raw_backends = raw.get("backends") if isinstance(raw.get("backends"), list) else []
+    raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
         backend = _convert(item, BackendConfig, f"backends[{i}]", problems)
         if backend is not None:
             backend_at.append((i, backend))
             _check_backend(i, backend, problems, validators)
     routes: list[RouteConfig] = []
-    raw_routes = raw.get("routes") if isinstance(raw.get("routes"), list) else []
+    raw_routes: list[Any] = raw["routes"] if isinstance(raw.get("routes"), list) else []
     for i, item in enumerate(raw_routes):
         route = _convert(item, RouteConfig, f"routes[{i}]", problems)
         if route is not None:

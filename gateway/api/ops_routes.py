@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar import Request, Response, get
 
@@ -10,7 +12,7 @@ from gateway.schemas import ModelCard, ModelList
 from gateway.state import GatewayState
 
 
-def _state(request: Request) -> GatewayState:
+def _state(request: Request[Any, Any, Any]) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
@@ -22,7 +24,7 @@ def health() -> Response[bytes]:
 
 
 @get("/ready")
-async def ready(request: Request) -> Response[bytes]:
+async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 while at least one backend is healthy, 503 naming why not otherwise."""
     state = _state(request)
     healthy = {name: state.health.is_healthy(name) for name in state.backends}
@@ -35,13 +37,13 @@ async def ready(request: Request) -> Response[bytes]:
 
 
 @get("/metrics", sync_to_thread=False)
-def metrics(request: Request) -> Response[bytes]:
+def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition."""
     return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @get("/v1/models", sync_to_thread=False)
-def list_models(request: Request) -> Response[bytes]:
+def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The model names clients can ask for (routes' names; backends' models behind globs)."""
     models = ModelList(data=[ModelCard(id=name) for name in _state(request).routes.model_names()])
     return Response(msgspec.json.encode(models), media_type="application/json")
