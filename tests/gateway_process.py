@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -299,3 +299,43 @@ def value(text: str, name: str, **labels: str) -> float | None:
         if all(sample_labels.get(k) == v for k, v in labels.items()):
             return sample_value
     return None
+
+
+class EmulatorProcess(ManagedSubprocess):
+    """`python -m <module> --host 127.0.0.1 --port P [extra]`: one of the server emulators in plugins/.
+
+    Ready once `GET ready_path` answers 200; its knobs are changed through `/__emulator/knobs`.
+    """
+
+    def __init__(self, module: str, log_path: Path, extra: list[str] | None = None, *,
+                 ready_path: str = "/health", name: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.knobs_url = self.url + "/__emulator/knobs"
+        self._ready_path = ready_path
+        argv = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port), *(extra or [])]
+        super().__init__(name or module, argv, log_path)
+
+    def wait_ready(self, timeout: float = 30.0) -> EmulatorProcess:
+        self.wait_http(self.url + self._ready_path, timeout, lambda r: r.status_code == 200)
+        return self
+
+    def knobs(self, **changes: Any) -> dict[str, Any]:
+        """Change the running emulator's knobs (fault, pacing, capacity); returns them all."""
+        response = httpx.post(self.knobs_url, json=changes, timeout=10)
+        assert response.status_code == 200, response.text
+        knobs: dict[str, Any] = response.json()
+        return knobs
+
+
+_Emulator = TypeVar("_Emulator", bound=EmulatorProcess)
+
+
+@contextlib.contextmanager
+def running_emulator(process: _Emulator, timeout: float = 30.0) -> Iterator[_Emulator]:
+    """`process` started and ready, stopped (by its PID) however the block ends."""
+    try:
+        process.wait_ready(timeout)
+        yield process
+    finally:
+        process.stop()

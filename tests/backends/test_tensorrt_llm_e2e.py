@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from contract.providers.tensorrt_llm import Emulator, backend_block, emulator
-from gateway_process import GatewayProcess, assert_openai_error, sse_data, wait_until
+from contract.providers.tensorrt_llm import backend_block, emulator
+from gateway_process import EmulatorProcess, GatewayProcess, assert_openai_error, sse_data, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +26,14 @@ SHORT = {"connect_s": 2, "first_token_s": 1, "total_s": 1.5}
 
 
 @pytest.fixture(scope="module")
-def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Emulator]]:
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, EmulatorProcess]]:
     tmp: Path = tmp_path_factory.mktemp("trt-emulators")
     with emulator("triton", tmp) as triton, emulator("trtllm_serve", tmp) as serve:
         yield {"triton": triton, "trtllm_serve": serve}
 
 
 @pytest.fixture(scope="module")
-def gateway(emulators: dict[str, Emulator], session_gateway_factory: Any) -> Iterator[GatewayProcess]:
+def gateway(emulators: dict[str, EmulatorProcess], session_gateway_factory: Any) -> Iterator[GatewayProcess]:
     backends = []
     for mode, emulated in emulators.items():
         backends.append({**backend_block(mode, emulated.url, mode), "timeouts": NORMAL})
@@ -46,15 +46,14 @@ def gateway(emulators: dict[str, Emulator], session_gateway_factory: Any) -> Ite
 
 
 @pytest.fixture(autouse=True)
-def clean_knobs(emulators: dict[str, Emulator]) -> Iterator[None]:
+def clean_knobs(emulators: dict[str, EmulatorProcess]) -> Iterator[None]:
     yield
     for process in emulators.values():
         set_knobs(process, fault="none", ttft_ms=0, tpot_ms=0)
 
 
-def set_knobs(process: Emulator, **changes: Any) -> None:
-    response = httpx.post(process.knobs_url, json=changes, timeout=10)
-    assert response.status_code == 200, response.text
+def set_knobs(process: EmulatorProcess, **changes: Any) -> None:
+    process.knobs(**changes)
 
 
 def post(gateway: GatewayProcess, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -129,7 +128,7 @@ def test_bad_parameter_passes_the_server_message(gateway: GatewayProcess, mode: 
 @pytest.mark.parametrize(("fault", "status"), [("http_500", 502), ("http_503", 503), ("http_429", 503),
                                                ("refuse", 503)])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_failure_before_the_first_byte(gateway: GatewayProcess, emulators: dict[str, Emulator], mode: str,
+def test_failure_before_the_first_byte(gateway: GatewayProcess, emulators: dict[str, EmulatorProcess], mode: str,
                                        fault: str, status: int, stream: bool) -> None:
     set_knobs(emulators[mode], fault=fault)
     try:
@@ -146,7 +145,7 @@ def test_failure_before_the_first_byte(gateway: GatewayProcess, emulators: dict[
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fault", ["cut_stream", "malformed_chunk", "stream_error"])
-def test_failure_mid_stream_is_an_error_event(gateway: GatewayProcess, emulators: dict[str, Emulator], mode: str,
+def test_failure_mid_stream_is_an_error_event(gateway: GatewayProcess, emulators: dict[str, EmulatorProcess], mode: str,
                                               fault: str) -> None:
     set_knobs(emulators[mode], fault=fault, fault_after_tokens=2)
     received = []
@@ -164,7 +163,7 @@ def test_failure_mid_stream_is_an_error_event(gateway: GatewayProcess, emulators
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_hang_is_504(gateway: GatewayProcess, emulators: dict[str, Emulator], mode: str, stream: bool) -> None:
+def test_hang_is_504(gateway: GatewayProcess, emulators: dict[str, EmulatorProcess], mode: str, stream: bool) -> None:
     set_knobs(emulators[mode], fault="hang")
     response = post(gateway, "/v1/chat/completions", {"model": f"{mode}_hang", "messages": MESSAGES,
                                                       "stream": stream})

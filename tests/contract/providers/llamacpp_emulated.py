@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gateway_process import EmulatorProcess, running_emulator
+
 from contract.providers.base import Provided
-from contract.providers.vllm_emulated import running
 
 NAME = "llamacpp_emulated"
 FEATURES: frozenset[str] = frozenset({"chat", "stream", "completion", "tokenize", "faults"})
@@ -15,6 +16,7 @@ FEATURES: frozenset[str] = frozenset({"chat", "stream", "completion", "tokenize"
 
 @contextmanager
 def start(tmp_path: Path) -> Iterator[Provided]:
-    with running("plugins.llamacpp.emulator", tmp_path / "llamacpp-emulator.log", ["--alias", NAME]) as emulator:
+    process = EmulatorProcess("plugins.llamacpp.emulator", tmp_path / "llamacpp-emulator.log", ["--alias", NAME])
+    with running_emulator(process) as emulator:
         yield Provided(backend={"name": NAME, "plugin": "llamacpp", "model": NAME, "url": emulator.url},
                        model=NAME, knobs_url=emulator.knobs_url)

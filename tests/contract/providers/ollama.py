@@ -6,14 +6,14 @@ ready once `GET /api/version` answers, always stopped afterwards.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-from gateway_process import ManagedSubprocess, free_port
+from gateway_process import EmulatorProcess
+from gateway_process import running_emulator as started
 
 from contract.providers.base import Provided
 
@@ -22,29 +22,13 @@ FEATURES = frozenset({"chat", "stream", "completion", "embeddings", "faults"})
 MODEL = "llama3.2"  # the model the emulated server has pulled and the backend asks for
 
 
-class OllamaEmulatorProcess(ManagedSubprocess):
+class OllamaEmulatorProcess(EmulatorProcess):
     """`python -m plugins.ollama.emulator` on a free port of 127.0.0.1."""
 
     def __init__(self, log_path: Path, *, models: list[str] | None = None, extra: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "plugins.ollama.emulator", "--host", "127.0.0.1", "--port", str(self.port),
-                "--models", ",".join(models or [MODEL, "all-minilm"]), *(extra or [])]
-        super().__init__("ollama emulator", argv, log_path)
-
-    @property
-    def knobs_url(self) -> str:
-        return self.url + "/__emulator/knobs"
-
-    def wait_ready(self, timeout: float = 30.0) -> OllamaEmulatorProcess:
-        self.wait_http(self.url + "/api/version", timeout, lambda r: r.status_code == 200)
-        return self
-
-    def knobs(self, **changes: Any) -> dict[str, Any]:
-        response = httpx.post(self.knobs_url, json=changes, timeout=10)
-        assert response.status_code == 200, response.text
-        knobs: dict[str, Any] = response.json()
-        return knobs
+        super().__init__("plugins.ollama.emulator", log_path,
+                         ["--models", ",".join(models or [MODEL, "all-minilm"]), *(extra or [])],
+                         ready_path="/api/version", name="ollama emulator")
 
     def requests(self) -> list[dict[str, Any]]:
         """The bodies of the last inference requests the emulator received, oldest first."""
@@ -55,12 +39,8 @@ class OllamaEmulatorProcess(ManagedSubprocess):
 @contextmanager
 def running_emulator(log_path: Path, **kwargs: Any) -> Iterator[OllamaEmulatorProcess]:
     """A started emulator, stopped however the block ends."""
-    emulator = OllamaEmulatorProcess(log_path, **kwargs)
-    try:
-        emulator.wait_ready()
+    with started(OllamaEmulatorProcess(log_path, **kwargs)) as emulator:
         yield emulator
-    finally:
-        emulator.stop()
 
 
 def backend_config(url: str, *, name: str = NAME, model: str = MODEL, **extra: Any) -> dict[str, Any]:

@@ -7,13 +7,12 @@ always stops it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway_process import ManagedSubprocess, free_port
+from gateway_process import EmulatorProcess, running_emulator
 
 from contract.providers.base import Provided
 
@@ -24,28 +23,13 @@ FEATURES = frozenset({"chat", "stream", "completion", "faults"})
 _READY = {"trtllm_serve": "/health", "triton": "/v2/models/ensemble/ready"}
 
 
-class Emulator(ManagedSubprocess):
-    """One running TensorRT-LLM emulator."""
-
-    def __init__(self, mode: str, log_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.knobs_url = self.url + "/__emulator/knobs"
-        argv = [sys.executable, "-m", "plugins.tensorrt_llm.emulator", "--mode", mode, "--host", "127.0.0.1",
-                "--port", str(self.port), *args]
-        super().__init__(f"tensorrt_llm emulator ({mode})", argv, log_path)
-        self.mode = mode
-
-
 @contextmanager
-def emulator(mode: str, tmp_path: Path, *args: str, timeout: float = 30.0) -> Iterator[Emulator]:
+def emulator(mode: str, tmp_path: Path, *args: str, timeout: float = 30.0) -> Iterator[EmulatorProcess]:
     """A started emulator of `mode`, stopped on exit whatever happens."""
-    process = Emulator(mode, tmp_path / f"tensorrt-llm-{mode}.log", *args)
-    try:
-        process.wait_http(process.url + _READY[mode], timeout, lambda r: r.status_code == 200)
-        yield process
-    finally:
-        process.stop()
+    process = EmulatorProcess("plugins.tensorrt_llm.emulator", tmp_path / f"tensorrt-llm-{mode}.log",
+                              ["--mode", mode, *args], ready_path=_READY[mode], name=f"tensorrt_llm emulator ({mode})")
+    with running_emulator(process, timeout) as started:
+        yield started
 
 
 def backend_block(name: str, url: str, mode: str, **options: Any) -> dict[str, Any]:

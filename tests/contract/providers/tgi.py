@@ -6,14 +6,14 @@ ready once `GET /health` answers 200, always stopped afterwards.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-from gateway_process import ManagedSubprocess, free_port
+from gateway_process import EmulatorProcess
+from gateway_process import running_emulator as started
 
 from contract.providers.base import Provided
 
@@ -23,30 +23,12 @@ FEATURES: frozenset[str] = frozenset({"chat", "stream", "completion", "faults", 
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the emulated server says it serves
 
 
-class TGIEmulatorProcess(ManagedSubprocess):
+class TGIEmulatorProcess(EmulatorProcess):
     """`python -m plugins.tgi.emulator` on a free port of 127.0.0.1."""
 
     def __init__(self, log_path: Path, *, extra: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "plugins.tgi.emulator", "--host", "127.0.0.1", "--port", str(self.port),
-                "--model-id", MODEL_ID, *(extra or [])]
-        super().__init__("tgi emulator", argv, log_path)
-
-    @property
-    def knobs_url(self) -> str:
-        return self.url + "/__emulator/knobs"
-
-    def wait_ready(self, timeout: float = 30.0) -> TGIEmulatorProcess:
-        self.wait_http(self.url + "/health", timeout, lambda r: r.status_code == 200)
-        return self
-
-    def knobs(self, **changes: Any) -> dict[str, Any]:
-        """Change the running emulator's knobs (fault, pacing, capacity); returns them all."""
-        response = httpx.post(self.knobs_url, json=changes, timeout=10)
-        assert response.status_code == 200, response.text
-        knobs: dict[str, Any] = response.json()
-        return knobs
+        super().__init__("plugins.tgi.emulator", log_path, ["--model-id", MODEL_ID, *(extra or [])],
+                         name="tgi emulator")
 
     def requests_seen(self) -> dict[str, int]:
         """How many requests each route has received so far."""
@@ -57,12 +39,8 @@ class TGIEmulatorProcess(ManagedSubprocess):
 @contextmanager
 def running_emulator(log_path: Path, *, extra: list[str] | None = None) -> Iterator[TGIEmulatorProcess]:
     """A started emulator (extra command-line flags in `extra`), stopped however the block ends."""
-    emulator = TGIEmulatorProcess(log_path, extra=extra)
-    try:
-        emulator.wait_ready()
+    with started(TGIEmulatorProcess(log_path, extra=extra)) as emulator:
         yield emulator
-    finally:
-        emulator.stop()
 
 
 def backend_config(url: str, *, name: str = NAME, **extra: Any) -> dict[str, Any]:
