@@ -30,6 +30,15 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                         headers={"Content-Type": content_type, **(headers or {})})
 
 
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or {} for a body that is not one (the route then refuses it)."""
+    try:
+        body = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def sse_data(payload: Any) -> bytes:
     """One SSE event: `data: <compact JSON>` and a blank line."""
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"

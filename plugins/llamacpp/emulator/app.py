@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from plugins.emulation import EmulatorRuntime, QueueFull
@@ -20,6 +19,7 @@ from plugins.emulation.openai_wire import (
     fault_before_answer,
     generate,
     include_usage,
+    json_body,
     json_response,
     stops,
     stream_answer,
@@ -109,12 +109,12 @@ class LlamaCppEmulator:
         return json_response(self.slots.to_json(), content_type=wire.JSON_CONTENT_TYPE)
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_body(request)
         return json_response({"tokens": self.vocab.encode(str(body.get("content", "")))},
                              content_type=wire.JSON_CONTENT_TYPE)
 
     async def detokenize(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_body(request)
         return json_response({"content": self.vocab.decode(list(body.get("tokens") or []))},
                              content_type=wire.JSON_CONTENT_TYPE)
 
@@ -125,7 +125,7 @@ class LlamaCppEmulator:
         return await self._serve(request, "completion")
 
     async def _serve(self, request: web.Request, kind: str) -> web.StreamResponse:
-        body = await _json(request)
+        body = await json_body(request)
         if kind == "chat" and "messages" not in body:
             return wire.error_response(400, "'messages' is required")
         prompt = chat_prompt(body["messages"]) if kind == "chat" else completion_prompt(body.get("prompt"))
@@ -175,14 +175,6 @@ class LlamaCppEmulator:
         else:
             payload = wire.completion_body(model, gen, (prompt if body.get("echo") else "") + gen.text, tpot)
         return await whole_answer(request, self.runtime, payload, wire.JSON_CONTENT_TYPE)
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def build_app(runtime: EmulatorRuntime, args: ServerArgs | None = None) -> web.Application:

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from plugins.emulation import EmulatorRuntime, QueueFull
@@ -20,6 +19,7 @@ from plugins.emulation.openai_wire import (
     fault_before_answer,
     generate,
     include_usage,
+    json_body,
     json_response,
     new_id,
     stops,
@@ -76,14 +76,14 @@ class VLLMEmulator:
         return web.Response(text=page, headers={"Content-Type": "text/plain; version=1.0.0; charset=utf-8"})
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_body(request)
         text = chat_prompt(body["messages"]) if "messages" in body else str(body.get("prompt", ""))
         tokens = self.vocab.encode(text)
         return json_response({"count": len(tokens), "max_model_len": self.served.max_model_len, "tokens": tokens,
                               "token_strs": None})
 
     async def detokenize(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await json_body(request)
         return json_response({"prompt": self.vocab.decode(list(body.get("tokens") or []))})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -93,7 +93,7 @@ class VLLMEmulator:
         return await self._serve(request, "completion")
 
     async def _serve(self, request: web.Request, kind: str) -> web.StreamResponse:
-        body = await _json(request)
+        body = await json_body(request)
         field = "messages" if kind == "chat" else "prompt"
         if field not in body:
             return wire.missing_field(field)
@@ -138,14 +138,6 @@ class VLLMEmulator:
             return await whole_answer(request, self.runtime, wire.chat_body(model, gen))
         text = (prompt if body.get("echo") else "") + gen.text
         return await whole_answer(request, self.runtime, wire.completion_body(model, gen, text))
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = msgspec.json.decode(await request.read())
-    except msgspec.DecodeError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def build_app(runtime: EmulatorRuntime, served: ServedModel | None = None) -> web.Application:
