@@ -177,6 +177,8 @@ async def test_load_signal(target: Target) -> None:
     from gateway.plugins import load_backend_registry
     from gateway.upstream.aiohttp_client import AiohttpUpstream
 
+    # Some servers report load only once they have run something (trtllm-serve's iteration stats).
+    target.gateway.client().chat.completions.create(model=target.provided.model, messages=MESSAGES, max_tokens=2)
     registry = load_backend_registry()
     config = parse_config(target.gateway.config, env={}, validators=registry.validators())
     upstream = AiohttpUpstream()
