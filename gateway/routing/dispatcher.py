@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,10 @@ class Dispatcher:
         if len(failures) == 1 and not skipped and failures[0][1].status in (502, 504):
             return failures[0][1]
         error = no_healthy_backend([(name, _reason(err)) for name, err in failures] + skipped)
+        waits = [_seconds(err.headers.get("retry-after")) for _, err in failures]
+        if any(w is not None for w in waits):
+            # The longest wait any backend asked for: sooner, every candidate is still refusing.
+            error.headers["retry-after"] = str(max(w for w in waits if w is not None))
         statuses = {err.status for _, err in failures}
         if len(statuses) == 1 and (status := statuses.pop()) in (502, 504):
             error.status = status
@@ -146,3 +151,13 @@ class Dispatcher:
 
 def _reason(err: GatewayError) -> str:
     return err.reason if isinstance(err, BackendUnavailable) else err.message
+
+
+def _seconds(retry_after: str | None) -> int | None:
+    """Retry-After in whole seconds, rounded up; None for a missing or HTTP-date value."""
+    if not retry_after:
+        return None
+    try:
+        return max(0, math.ceil(float(retry_after)))
+    except ValueError:
+        return None

@@ -28,6 +28,7 @@ class UpstreamResponse(msgspec.Struct, kw_only=True):
     status: int
     body: bytes
     content_type: str = ""
+    retry_after: str | None = None  # the Retry-After header of a refusal (429/503), as sent
 
 
 class UpstreamError(Exception):
@@ -56,6 +57,7 @@ class UpstreamStream(Protocol):
 
     status: int
     content_type: str
+    retry_after: str | None
 
     def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; raises `UpstreamTimeout` at the total deadline."""

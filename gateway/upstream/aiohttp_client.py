@@ -38,6 +38,7 @@ class AiohttpStream:
         self._response = response
         self.status = response.status
         self.content_type = response.headers.get("content-type", "")
+        self.retry_after = response.headers.get("retry-after") if response.status != 200 else None
         self._total_s = total_s
         self._expired = False
         self._finished = False
@@ -113,8 +114,10 @@ class AiohttpUpstream:
                     method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
                 ) as response:
                     data = await response.read()
+                    headers = response.headers
                     return UpstreamResponse(
-                        status=response.status, body=data, content_type=response.headers.get("content-type", "")
+                        status=response.status, body=data, content_type=headers.get("content-type", ""),
+                        retry_after=headers.get("retry-after") if response.status != 200 else None,
                     )
         except _FAILURES as err:
             raise _translate(err, timeouts, "total", timeouts.total_s) from err

@@ -41,6 +41,7 @@ class HttpxStream:
         self._response = response
         self.status = response.status_code
         self.content_type = response.headers.get("content-type", "")
+        self.retry_after = response.headers.get("retry-after") if response.status_code != 200 else None
         self._deadline = deadline
         self._total_s = total_s
 
@@ -94,7 +95,8 @@ class HttpxUpstream:
         except _FAILURES as err:
             raise _translate(err, timeouts, "total", timeouts.total_s) from err
         return UpstreamResponse(
-            status=response.status_code, body=response.content, content_type=response.headers.get("content-type", "")
+            status=response.status_code, body=response.content, content_type=response.headers.get("content-type", ""),
+            retry_after=response.headers.get("retry-after") if response.status_code != 200 else None,
         )
 
     async def open_stream(

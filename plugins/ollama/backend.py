@@ -95,7 +95,7 @@ class OllamaBackend:
         finally:
             self.in_flight -= 1
         if response.status != 200:
-            raise http_error(self.name, self.config.model, response.status, response.body, path)
+            raise http_error(self.name, self.config.model, response.status, response.body, path, response.retry_after)
         return response.body
 
     def _unusable(self, path: str, err: Exception) -> GatewayError:
@@ -117,7 +117,7 @@ class OllamaBackend:
                 error_body = b""
             finally:
                 await upstream.aclose()
-            raise http_error(self.name, self.config.model, upstream.status, error_body, path)
+            raise http_error(self.name, self.config.model, upstream.status, error_body, path, upstream.retry_after)
         return OllamaEventStream(upstream, make_translator(kind, self.name, body), on_close=self._stream_closed)
 
     def _stream_closed(self) -> None:
@@ -166,7 +166,7 @@ class OllamaBackend:
         response = await self._upstream.request("GET", self.root + path, headers=self._headers,
                                                 timeouts=self._probe_timeouts)
         if response.status != 200:
-            raise http_error(self.name, self.config.model, response.status, response.body, path)
+            raise http_error(self.name, self.config.model, response.status, response.body, path, response.retry_after)
         return response.body
 
     async def version(self) -> str:

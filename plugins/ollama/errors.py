@@ -30,7 +30,8 @@ def server_message(body: bytes) -> tuple[str, bool]:
     return body.decode("utf-8", "replace")[:500], False
 
 
-def http_error(backend: str, model: str, status: int, body: bytes, path: str) -> GatewayError:
+def http_error(backend: str, model: str, status: int, body: bytes, path: str,
+               retry_after: str | None = None) -> GatewayError:
     """A non-200 answer from Ollama as the gateway's error for it."""
     message, is_ollama_error = server_message(body)
     if status == 404:
@@ -46,7 +47,10 @@ def http_error(backend: str, model: str, status: int, body: bytes, path: str) ->
         )
     if status in (429, 503):
         # Busy, not broken: another backend may serve it, and this one stays in rotation.
-        return BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
+        busy = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
+        if retry_after:
+            busy.headers["retry-after"] = retry_after
+        return busy
     if status >= 500:
         failed = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
         failed.status, failed.code = 502, "backend_error"  # the server's own failure: a bad gateway

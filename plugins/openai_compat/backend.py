@@ -111,7 +111,7 @@ class OpenAICompatBackend:
         except UpstreamError as err:
             raise transport_error(self.name, err) from err
         if response.status != 200:
-            raise http_error(self.name, response.status, response.body)
+            raise http_error(self.name, response.status, response.body, response.retry_after)
         try:
             _decode_object(response.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
@@ -132,7 +132,7 @@ class OpenAICompatBackend:
                 error_body = b""
             finally:
                 await upstream.aclose()
-            raise http_error(self.name, upstream.status, error_body)
+            raise http_error(self.name, upstream.status, error_body, upstream.retry_after)
         return OpenAIEventStream(self.name, upstream)
 
     async def chat(self, body: dict[str, Any]) -> bytes:

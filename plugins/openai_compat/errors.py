@@ -33,11 +33,16 @@ def error_message(body: bytes) -> tuple[str, str | None, str | None]:
     return (body.decode("utf-8", "replace")[:500], None, None)
 
 
-def http_error(backend: str, status: int, body: bytes) -> GatewayError:
-    """A non-200 answer: 4xx passes on with the server's message, 5xx may be retried elsewhere."""
+def http_error(backend: str, status: int, body: bytes, retry_after: str | None = None) -> GatewayError:
+    """A non-200 answer: 4xx passes on with the server's message, 5xx may be retried elsewhere.
+
+    A refusal's Retry-After travels on the error, so the gateway's own answer can pass it on.
+    """
     message, param, code = error_message(body)
     if status >= 500 or status == 429:
         unavailable = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
+        if retry_after:
+            unavailable.headers["retry-after"] = retry_after
         # 500/501 are the server's own fault, not overload: report them as a bad gateway.
         if status in (500, 501):
             unavailable.status, unavailable.code = 502, "backend_error"

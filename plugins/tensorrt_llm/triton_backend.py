@@ -75,7 +75,8 @@ class TritonBackend:
         except UpstreamError as err:
             raise transport_error(self.name, err) from err
         if response.status != 200:
-            raise triton_http_error(self.name, self.options.model_name, response.status, response.body)
+            raise triton_http_error(self.name, self.options.model_name, response.status, response.body,
+                                    response.retry_after)
         return whole_reply(self.name, kind, call, self.config.model, response.body)
 
     async def _open(self, kind: RequestKind, body: dict[str, Any]) -> TritonEventStream:
@@ -95,7 +96,8 @@ class TritonBackend:
                 error_body = b""
             finally:
                 await upstream.aclose()
-            raise triton_http_error(self.name, self.options.model_name, upstream.status, error_body)
+            raise triton_http_error(self.name, self.options.model_name, upstream.status, error_body,
+                                    upstream.retry_after)
         return TritonEventStream(self.name, upstream, writer)
 
     async def chat(self, body: dict[str, Any]) -> bytes:

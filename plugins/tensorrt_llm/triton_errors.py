@@ -21,7 +21,8 @@ def _strip_sse(body: bytes) -> bytes:
     return stripped
 
 
-def triton_http_error(backend: str, model_name: str, status: int, body: bytes) -> GatewayError:
+def triton_http_error(backend: str, model_name: str, status: int, body: bytes,
+                      retry_after: str | None = None) -> GatewayError:
     """A non-200 generate answer: 404 names the Triton model, the rest follow the common mapping."""
     body = _strip_sse(body)
     if status == 404:
@@ -34,4 +35,4 @@ def triton_http_error(backend: str, model_name: str, status: int, body: bytes) -
         )
     # 400 passes on with Triton's message; 500/501 -> 502; 503 (UNAVAILABLE, e.g. "Exceeds
     # maximum queue size") and 429 -> BackendUnavailable(mark_down=False) so the router falls back.
-    return http_error(backend, status, body)
+    return http_error(backend, status, body, retry_after)

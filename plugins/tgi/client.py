@@ -52,9 +52,7 @@ class TGIClient:
         """POST JSON; the 200 body, or the TGI error as a `GatewayError`."""
         response = await self.post_raw(path, payload)
         if response.status != 200:
-            # Forward-compatible: honour Retry-After once the upstream client exposes headers.
-            headers = getattr(response, "headers", None)
-            raise http_error(self.name, response.status, response.body, kind, headers)
+            raise http_error(self.name, response.status, response.body, kind, response.retry_after)
         return response.body
 
     async def open_stream(self, path: str, payload: dict[str, Any], kind: str) -> UpstreamStream:
@@ -72,7 +70,7 @@ class TGIClient:
                 body = b""
             finally:
                 await upstream.aclose()
-            raise http_error(self.name, upstream.status, body, kind, getattr(upstream, "headers", None))
+            raise http_error(self.name, upstream.status, body, kind, upstream.retry_after)
         return upstream
 
     async def get(self, path: str) -> tuple[int, bytes]:

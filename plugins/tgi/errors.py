@@ -12,7 +12,6 @@ JSON), 415 (no JSON content type), 413 (body too large) and 422 (wrong types) in
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 import msgspec
 
@@ -103,11 +102,9 @@ def classify(backend: str, status: int, message: str, error_type: str | None, ki
     return GatewayError(400, f"backend '{backend}': {message}", param=_param(message, kind))
 
 
-def http_error(backend: str, status: int, body: bytes, kind: str,
-               headers: Mapping[str, str] | None = None) -> GatewayError:
-    """A non-200 answer from TGI."""
+def http_error(backend: str, status: int, body: bytes, kind: str, retry_after: str | None = None) -> GatewayError:
+    """A non-200 answer from TGI (with its Retry-After, if it sent one)."""
     message, error_type = _message(body)
-    retry_after = headers.get("retry-after") if headers is not None else None
     return classify(backend, status, message, error_type, kind, retry_after)
 
 

@@ -130,8 +130,7 @@ def test_error_classes() -> None:
     error = http_error("b", 422, b'{"error":"Input validation error: `top_n_tokens` must be >= 0 and <= 5. Given: 9",'
                                  b'"error_type":"validation"}', "chat")
     assert (error.status, error.param) == (400, "top_logprobs")
-    overloaded = http_error("b", 429, b'{"error":"Model is overloaded","error_type":"overloaded"}', "chat",
-                            {"retry-after": "3"})
+    overloaded = http_error("b", 429, b'{"error":"Model is overloaded","error_type":"overloaded"}', "chat", "3")
     assert isinstance(overloaded, BackendUnavailable) and not overloaded.mark_down
     assert overloaded.status == 503 and overloaded.headers["retry-after"] == "3"
     failed = http_error("b", 424, b'{"error":"Request failed during generation: CUDA OOM","error_type":"generation"}',

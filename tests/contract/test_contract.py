@@ -78,7 +78,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def _reset(target: Target) -> None:
     if target.provided.knobs_url is None:
         return
-    target.knobs(fault="none", ttft_ms=0, tpot_ms=0)
+    target.knobs(fault="none", ttft_ms=0, tpot_ms=0, retry_after_s=1)
     # A refused connection marks the backend down until its next health check (every 0.5 s here).
     with target.gateway.http() as http:
         assert wait_until(lambda: http.get("/ready").status_code == 200, timeout=15), "backend never came back"
@@ -199,11 +199,13 @@ async def test_load_signal(target: Target) -> None:
                                                ("refuse", 503)])
 def test_failure_before_the_first_byte(target: Target, fault: str, status: int) -> None:
     target.needs("faults")
-    target.knobs(fault=fault)
+    target.knobs(fault=fault, retry_after_s=4)
     with target.gateway.http() as http:
         response = http.post("/v1/chat/completions", json={
             "model": target.provided.model, "messages": MESSAGES, "max_tokens": 4})
     assert_openai_error(response, status)
+    if fault == "http_429":
+        assert response.headers["retry-after"] == "4"  # the server's own wait, passed on
 
 
 @pytest.mark.usefixtures("clean_knobs")

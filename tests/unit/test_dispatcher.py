@@ -353,3 +353,18 @@ def test_fake_backend_is_a_backend() -> None:
     assert isinstance(make_backend("a"), Backend)
     assert isinstance(llamacpp(), Backend)
     assert isinstance(FakeBackend, type)
+
+
+async def test_the_longest_retry_after_a_backend_asked_for_is_passed_on(dispatcher: Dispatcher) -> None:
+    a, b, c = make_backend("a"), make_backend("b"), make_backend("c")
+    a.reply = http_error("a", 429, b'{"error": {"message": "slow down"}}', "2.5")
+    b.reply = http_error("b", 503, b'{"error": {"message": "queue full"}}', "7")
+    c.reply = http_error("c", 503, b'{"error": {"message": "busy"}}', "Wed, 21 Oct 2015 07:28:00 GMT")
+    err = await gateway_error(dispatcher.call(route(a, b, c), "chat", BODY))
+    assert err.status == 503 and err.headers["retry-after"] == "7"
+    a.reply = http_error("a", 429, b'{"error": {"message": "slow down"}}', "2.5")
+    err = await gateway_error(dispatcher.call(route(a, c), "chat", BODY))
+    assert err.headers["retry-after"] == "3"  # rounded up to whole seconds
+    a.reply = http_error("a", 429, b'{"error": {"message": "slow down"}}')
+    err = await gateway_error(dispatcher.call(route(a), "chat", BODY))
+    assert err.headers["retry-after"] == "1"  # none asked: the gateway's own default

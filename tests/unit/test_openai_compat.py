@@ -26,9 +26,11 @@ from .fakes import DONE, chat_completion_json, chunk_event
 
 
 class ScriptedUpstreamStream:
-    def __init__(self, status: int, chunks: list[bytes | UpstreamError], body: bytes = b"") -> None:
+    def __init__(self, status: int, chunks: list[bytes | UpstreamError], body: bytes = b"",
+                 retry_after: str | None = None) -> None:
         self.status = status
         self.content_type = "text/event-stream"
+        self.retry_after = retry_after
         self._chunks = chunks
         self._body = body
         self.read_chunks = 0
