@@ -137,32 +137,23 @@ class LlamaCppBackend(OpenAICompatBackend):
 
     # -- native API -------------------------------------------------------------------------
 
-    async def _native(self, path: str, payload: dict[str, Any]) -> Any:
-        try:
-            response = await self._upstream.request(
-                "POST", self.root + path, body=msgspec.json.encode(payload), headers=self._headers,
-                timeouts=self._timeouts,
-            )
-        except UpstreamError as err:
-            raise transport_error(self.name, err) from err
-        if response.status != 200:
-            raise http_error(self.name, response.status, response.body)
-        return msgspec.json.decode(response.body)
+    async def _native_json(self, path: str, payload: dict[str, Any]) -> Any:
+        return msgspec.json.decode(await self._native(path, payload))
 
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         """Token ids of `text` in this server's vocabulary (`POST /tokenize`)."""
-        result = await self._native("/tokenize", {"content": text, "add_special": add_special})
+        result = await self._native_json("/tokenize", {"content": text, "add_special": add_special})
         return list(result["tokens"])
 
     async def detokenize(self, tokens: list[int]) -> str:
         """Text of token ids (`POST /detokenize`)."""
-        result = await self._native("/detokenize", {"tokens": tokens})
+        result = await self._native_json("/detokenize", {"tokens": tokens})
         return str(result["content"])
 
     async def native_completion(self, payload: dict[str, Any]) -> dict[str, Any]:
         """llama.cpp's own `/completion`: token-id prompts, `n_probs`, `cache_prompt`, `id_slot`."""
         payload = {**payload, "stream": False}
-        result: dict[str, Any] = await self._native("/completion", payload)
+        result: dict[str, Any] = await self._native_json("/completion", payload)
         return result
 
     async def slots(self) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from gateway.schemas import (
     RequestKind,
 )
 from gateway.upstream import UpstreamError, UpstreamTimeouts
-from plugins.openai_compat.errors import http_error, transport_error
+from plugins.openai_compat.errors import http_error, refusal_body, transport_error
 from plugins.openai_compat.stream import OpenAIEventStream
 
 _encode = msgspec.json.Encoder().encode
@@ -126,13 +126,7 @@ class OpenAICompatBackend:
         except UpstreamError as err:
             raise transport_error(self.name, err) from err
         if upstream.status != 200:
-            try:
-                error_body = await upstream.read()
-            except UpstreamError:
-                error_body = b""
-            finally:
-                await upstream.aclose()
-            raise http_error(self.name, upstream.status, error_body, upstream.retry_after)
+            raise http_error(self.name, upstream.status, await refusal_body(upstream), upstream.retry_after)
         return OpenAIEventStream(self.name, upstream)
 
     async def chat(self, body: dict[str, Any]) -> bytes:
@@ -156,6 +150,18 @@ class OpenAICompatBackend:
                 code="unsupported_endpoint",
             )
         return await self._post(self._embeddings_url, body)
+
+    async def _native(self, path: str, payload: dict[str, Any]) -> bytes:
+        """POST to a route on the server root (not under /v1): the body of a 200 answer."""
+        try:
+            response = await self._upstream.request(
+                "POST", self.root + path, body=_encode(payload), headers=self._headers, timeouts=self._timeouts
+            )
+        except UpstreamError as err:
+            raise transport_error(self.name, err) from err
+        if response.status != 200:
+            raise http_error(self.name, response.status, response.body, response.retry_after)
+        return response.body
 
     # -- control plane ----------------------------------------------------------------------
 

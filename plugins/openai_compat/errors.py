@@ -8,7 +8,7 @@ import msgspec
 
 from gateway.backend import BackendUnavailable
 from gateway.errors import GatewayError, backend_failed, backend_timeout
-from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamStream, UpstreamTimeout
 
 
 def error_message(body: bytes) -> tuple[str, str | None, str | None]:
@@ -49,6 +49,16 @@ def http_error(backend: str, status: int, body: bytes, retry_after: str | None =
         return unavailable
     error_type = "invalid_request_error" if status < 500 else "api_error"
     return GatewayError(status, f"backend '{backend}': {message}", type=error_type, param=param, code=code)
+
+
+async def refusal_body(upstream: UpstreamStream) -> bytes:
+    """The error body of a stream the server answered with a non-200 status; the stream is closed."""
+    try:
+        return await upstream.read()
+    except UpstreamError:
+        return b""
+    finally:
+        await upstream.aclose()
 
 
 def transport_error(backend: str, err: UpstreamError) -> GatewayError:

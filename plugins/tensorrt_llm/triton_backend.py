@@ -12,7 +12,7 @@ from gateway.config import BackendConfig
 from gateway.errors import GatewayError
 from gateway.schemas import RequestKind
 from gateway.upstream import UpstreamError, UpstreamTimeouts
-from plugins.openai_compat.errors import transport_error
+from plugins.openai_compat.errors import refusal_body, transport_error
 from plugins.tensorrt_llm.options import TritonOptions
 from plugins.tensorrt_llm.triton_errors import triton_http_error
 from plugins.tensorrt_llm.triton_metrics import parse_load
@@ -90,14 +90,8 @@ class TritonBackend:
         except UpstreamError as err:
             raise transport_error(self.name, err) from err
         if upstream.status != 200:
-            try:
-                error_body = await upstream.read()
-            except UpstreamError:
-                error_body = b""
-            finally:
-                await upstream.aclose()
-            raise triton_http_error(self.name, self.options.model_name, upstream.status, error_body,
-                                    upstream.retry_after)
+            raise triton_http_error(self.name, self.options.model_name, upstream.status,
+                                    await refusal_body(upstream), upstream.retry_after)
         return TritonEventStream(self.name, upstream, writer)
 
     async def chat(self, body: dict[str, Any]) -> bytes:

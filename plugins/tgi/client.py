@@ -10,7 +10,7 @@ from gateway.config import BackendConfig
 from gateway.errors import GatewayError
 from gateway.sse import SSEFramer
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamStream, UpstreamTimeouts
-from plugins.openai_compat.errors import transport_error
+from plugins.openai_compat.errors import refusal_body, transport_error
 from plugins.tgi.errors import http_error
 from plugins.tgi.wire import TGIStreamEvent, decode_stream_event
 
@@ -64,13 +64,7 @@ class TGIClient:
         except UpstreamError as err:
             raise transport_error(self.name, err) from err
         if upstream.status != 200:
-            try:
-                body = await upstream.read()
-            except UpstreamError:
-                body = b""
-            finally:
-                await upstream.aclose()
-            raise http_error(self.name, upstream.status, body, kind, upstream.retry_after)
+            raise http_error(self.name, upstream.status, await refusal_body(upstream), kind, upstream.retry_after)
         return upstream
 
     async def get(self, path: str) -> tuple[int, bytes]:

@@ -131,17 +131,11 @@ class VLLMBackend(OpenAICompatBackend):
     # -- native API -------------------------------------------------------------------------
 
     async def _native(self, path: str, payload: dict[str, Any]) -> bytes:
-        """POST to a route on the server root (not under /v1); the answer's body on 200."""
         try:
-            response = await self._upstream.request(
-                "POST", self.root + path, body=msgspec.json.encode(payload), headers=self._headers,
-                timeouts=self._timeouts,
-            )
-        except UpstreamError as err:
-            raise transport_error(self.name, err) from err
-        if response.status != 200:
-            raise refine_error(http_error(self.name, response.status, response.body), None)
-        return response.body
+            return await super()._native(path, payload)
+        except GatewayError as err:
+            refine_error(err, None)
+            raise
 
     def _decode(self, decode: Any, body: bytes, what: str) -> Any:
         try:
