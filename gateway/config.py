@@ -19,7 +19,10 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-PolicyName = Literal["first_healthy", "round_robin"]
+PolicyName = Literal[
+    "first_healthy", "round_robin", "weighted", "least_loaded", "latency", "cost", "prefix_affinity"
+]
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 UpstreamClientName = Literal["aiohttp", "httpx"]
 
 
@@ -46,10 +49,26 @@ class RedisConfig(_Strict):
 
 
 class CostConfig(_Strict):
-    """Price of a backend's tokens in US dollars per million."""
+    """What a backend's tokens cost, in US dollars.
+
+    Either a price per million tokens (a hosted API, or an internal transfer price), or the
+    price of the machine per hour: then $/token is derived from the output throughput the
+    gateway measures on that backend, so a busier GPU is a cheaper one per token.
+    """
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    gpu_hour_usd: float | None = None
+
+
+class BreakerConfig(_Strict):
+    """Circuit breaker per backend: after `failures` consecutive failed attempts (one refused
+    connection is enough) it opens for `open_s`; then one probe request at a time is let
+    through (half-open); a failed probe reopens it for twice as long, up to `max_open_s`."""
+
+    failures: int = 3
+    open_s: float = 5.0
+    max_open_s: float = 60.0
 
 
 class TimeoutsConfig(_Strict):
@@ -70,8 +89,34 @@ class BackendConfig(_Strict):
     api_key: str | None = None
     cost: CostConfig = msgspec.field(default_factory=CostConfig)
     timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
+    # Requests this gateway process sends the backend at once; beyond it the backend is
+    # skipped for that request (None: no limit).
+    max_concurrency: int | None = None
+    weight: float = 1.0  # share of traffic under the `weighted` policy
     launch: dict[str, Any] | None = None
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class SloConfig(_Strict):
+    """A route's latency objective; the `cost` policy picks the cheapest backend meeting it."""
+
+    ttft_ms: float | None = None
+    e2e_ms: float | None = None
+
+
+class RetryConfig(_Strict):
+    """Retries before the first byte: connect errors, 429 and 502/503/504.
+
+    `attempts` counts every try, fallbacks to other backends included. Waits grow from
+    `backoff_s` by doubling up to `max_backoff_s`, with full jitter; a backend's own
+    Retry-After is honoured when it is at most `max_retry_after_s`, otherwise that backend
+    is skipped and the client gets the Retry-After.
+    """
+
+    attempts: int = 3
+    backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    max_retry_after_s: float = 2.0
 
 
 class RouteConfig(_Strict):
@@ -80,6 +125,29 @@ class RouteConfig(_Strict):
     model: str
     backends: list[str]
     policy: PolicyName = "first_healthy"
+    slo: SloConfig = msgspec.field(default_factory=SloConfig)
+    retries: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    # Continue a stream that fails mid-way on another backend (assistant prefill or the
+    # completions API), so the client sees one uninterrupted stream.
+    resume: bool = False
+
+
+class StatsConfig(_Strict):
+    """How fast the live statistics forget: samples lose half their weight every `half_life_s`."""
+
+    half_life_s: float = 10.0
+    # Share of requests the `latency` and `cost` policies send to a backend other than their
+    # pick, so a backend that got faster (or has no samples yet) is noticed; never more than
+    # one exploring request per backend at a time.
+    explore_ratio: float = 0.02
+    load_interval_s: float = 1.0  # how often each backend's own load signal is read
+
+
+class RoutingConfig(_Strict):
+    """Gateway-wide routing settings."""
+
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    stats: StatsConfig = msgspec.field(default_factory=StatsConfig)
 
 
 class GatewayConfig(_Strict):
@@ -88,6 +156,7 @@ class GatewayConfig(_Strict):
     backends: list[BackendConfig]
     routes: list[RouteConfig]
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     redis: RedisConfig | None = None
 
 
