@@ -59,10 +59,11 @@ class RoutingStats(Protocol):
         ...
 
     def finished(
-        self, backend: str, *, ok: bool, e2e_s: float, ttft_s: float | None, output_tokens: int | None
+        self, backend: str, *, ok: bool | None, e2e_s: float, ttft_s: float | None, output_tokens: int | None
     ) -> None:
-        """The request ended (in-flight - 1); `ok=False` counts an error. `ttft_s` is None for
-        non-streaming requests, whose first token cannot be seen."""
+        """The request ended (in-flight - 1); `ok=False` counts an error; `ok=None` is no sample
+        at all (a 4xx that is the client's fault, a client that hung up): only in-flight drops.
+        `ttft_s` is None for non-streaming requests, whose first token cannot be seen."""
         ...
 
     def observe_load(self, backend: str, load: BackendLoad) -> None:
