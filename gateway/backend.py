@@ -24,13 +24,16 @@ if TYPE_CHECKING:
 class BackendUnavailable(GatewayError):
     """The backend could not take the request and nothing was sent: try another candidate."""
 
-    def __init__(self, backend: str, reason: str, *, mark_down: bool = True) -> None:
+    def __init__(self, backend: str, reason: str, *, mark_down: bool = True, throttled: bool = False) -> None:
         super().__init__(503, f"backend '{backend}' unavailable: {reason}", type="api_error",
                          code="backend_unavailable")
         self.reason = reason
-        # True when the server itself is unreachable (not merely busy), so the router should
-        # stop sending it traffic until a health check passes again.
+        # True when the server itself is unreachable (not merely busy): its circuit breaker
+        # opens at once instead of after several failures.
         self.mark_down = mark_down
+        # True for a 429: the server is alive and asked for patience (its Retry-After is in
+        # `headers`), so it is not counted against its breaker.
+        self.throttled = throttled
 
 
 class Capabilities(msgspec.Struct, kw_only=True, frozen=True):
@@ -42,6 +45,8 @@ class Capabilities(msgspec.Struct, kw_only=True, frozen=True):
     token_id_prompts: bool = False
     tokenize: bool = False
     prompt_logprobs: bool = False
+    # The server continues a trailing assistant message instead of starting a new turn (a prefill).
+    assistant_prefill: bool = False
 
 
 class BackendLoad(msgspec.Struct, kw_only=True):

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.plugins import PluginError, load_backend_registry
@@ -60,6 +61,15 @@ def cmd_backends(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
+    url = args.url or _admin_url(config)
+    report = _fetch_report(url)
+    if report is not None:
+        from gateway.routing.report import format_table
+
+        print(f"live routing state from {url}:")
+        print(format_table(report))
+        return 0
+    print(f"no gateway answering at {url}; probing the configured backends directly:")
     from gateway.state import GatewayState
 
     config_dir = Path(args.config).resolve().parent
@@ -80,6 +90,31 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name, plugin, model, health in asyncio.run(probe()):
         print(f"  {name:<16} {plugin:<14} {model:<24} {health}")
     return 0
+
+
+def _admin_url(config: GatewayConfig) -> str:
+    """Where the gateway of `config` serves /admin/backends (a wildcard host is reached on loopback)."""
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.server.port}/admin/backends"
+
+
+def _fetch_report(url: str) -> dict[str, Any] | None:
+    """The running gateway's report, or None when nothing answers there."""
+    import urllib.error
+    import urllib.request
+
+    import msgspec
+
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            report: dict[str, Any] = msgspec.json.decode(response.read())
+            return report
+    except (urllib.error.URLError, OSError, msgspec.DecodeError):
+        return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -133,8 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     check.set_defaults(func=cmd_check_config)
 
-    backends = sub.add_parser("backends", help="list backend types and, with --config, backends' health")
+    backends = sub.add_parser(
+        "backends", help="list backend types and, with --config, the backends' live routing state (from the "
+        "running gateway) or their health")
     backends.add_argument("--config", default=None)
+    backends.add_argument("--url", default=None, help="the gateway's /admin/backends URL (default: from the "
+                          "config's server.host and server.port)")
     backends.set_defaults(func=cmd_backends)
     return parser
 

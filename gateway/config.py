@@ -249,7 +249,10 @@ def check_struct(raw: Any, kind: type[msgspec.Struct], path: str = "") -> list[t
         try:
             msgspec.convert(raw[name], field.type, strict=False)
         except msgspec.ValidationError as err:
-            problems.append(_describe(err, sub))
+            where, message = _describe(err, sub)
+            if get_origin(field.type) is Literal:  # name the choices, not only the bad value
+                message += f" (expected one of: {', '.join(map(str, get_args(field.type)))})"
+            problems.append((where, message))
     return problems
 
 
@@ -302,6 +305,7 @@ def parse_config(
             problems.append(f"{key}: expected a list")
 
     server = _convert(raw.get("server", {}), ServerConfig, "server", problems)
+    routing = _convert(raw.get("routing", {}), RoutingConfig, "routing", problems)
     redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
@@ -316,6 +320,7 @@ def parse_config(
         route = _convert(item, RouteConfig, f"routes[{i}]", problems)
         if route is not None:
             routes.append(route)
+            _check_route(i, route, problems)
 
     seen: set[str] = set()
     for i, backend in backend_at:
@@ -348,11 +353,43 @@ def parse_config(
             problems.append("server.max_body_bytes: must be positive")
     if redis is not None and not redis.url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("redis.url: not a Redis URL (expected redis://, rediss:// or unix://)")
+    if routing is not None:
+        _check_routing(routing, problems)
 
     if problems:
         raise ConfigError(problems, source)
-    assert server is not None
-    return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, redis=redis)
+    assert server is not None and routing is not None
+    return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, routing=routing,
+                         redis=redis)
+
+
+def _check_ranges(prefix: str, checks: Iterable[tuple[str, bool, str]], problems: list[str]) -> None:
+    """Append `prefix.key: must ...` for every (key, ok, must) whose `ok` is False."""
+    problems.extend(f"{prefix}.{key}: must {must}" for key, ok, must in checks if not ok)
+
+
+def _check_route(index: int, route: RouteConfig, problems: list[str]) -> None:
+    retries, slo = route.retries, route.slo
+    _check_ranges(f"routes[{index}]", [
+        ("retries.attempts", retries.attempts >= 1, "be at least 1"),
+        ("retries.backoff_s", retries.backoff_s >= 0, "not be negative"),
+        ("retries.max_backoff_s", retries.max_backoff_s >= retries.backoff_s, "be at least retries.backoff_s"),
+        ("retries.max_retry_after_s", retries.max_retry_after_s >= 0, "not be negative"),
+        ("slo.ttft_ms", slo.ttft_ms is None or slo.ttft_ms > 0, "be positive"),
+        ("slo.e2e_ms", slo.e2e_ms is None or slo.e2e_ms > 0, "be positive"),
+    ], problems)
+
+
+def _check_routing(routing: RoutingConfig, problems: list[str]) -> None:
+    breaker, stats = routing.breaker, routing.stats
+    _check_ranges("routing", [
+        ("breaker.failures", breaker.failures >= 1, "be at least 1"),
+        ("breaker.open_s", breaker.open_s > 0, "be positive"),
+        ("breaker.max_open_s", breaker.max_open_s >= breaker.open_s, "be at least breaker.open_s"),
+        ("stats.half_life_s", stats.half_life_s > 0, "be positive"),
+        ("stats.explore_ratio", 0 <= stats.explore_ratio <= 0.5, "be between 0 and 0.5"),
+        ("stats.load_interval_s", stats.load_interval_s >= 0, "not be negative (0 turns load reading off)"),
+    ], problems)
 
 
 def _check_backend(
@@ -371,6 +408,14 @@ def _check_backend(
                        ("total_s", backend.timeouts.total_s)):
         if value <= 0:
             problems.append(f"{prefix}.timeouts.{key}: must be positive")
+    cost = backend.cost
+    _check_ranges(prefix, [
+        ("weight", backend.weight >= 0, "not be negative"),
+        ("max_concurrency", backend.max_concurrency is None or backend.max_concurrency >= 1, "be at least 1"),
+        ("cost.input_per_mtok", cost.input_per_mtok >= 0, "not be negative"),
+        ("cost.output_per_mtok", cost.output_per_mtok >= 0, "not be negative"),
+        ("cost.gpu_hour_usd", cost.gpu_hour_usd is None or cost.gpu_hour_usd > 0, "be positive"),
+    ], problems)
     if validators is None:
         return
     validator = validators.get(backend.plugin)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -39,9 +40,40 @@ class Metrics:
             "gateway_backend_healthy", "1 when the backend passes its health check",
             ("backend",), registry=self.registry,
         )
+        self.attempt_failures = Counter(
+            "gateway_backend_attempt_failures", "Attempts that failed before their first byte (then retried or "
+            "fallen back), by outcome: refused, throttled, http_<status>",
+            ("backend", "outcome"), registry=self.registry,
+        )
+        self.decisions = Counter(
+            "gateway_route_decisions", "Backends chosen, by route, backend and the policy that chose",
+            ("route", "backend", "policy"), registry=self.registry,
+        )
+        self.cost = Counter(
+            "gateway_cost_usd", "Cost of answered requests in US dollars, by route, backend and tenant",
+            ("route", "backend", "tenant"), registry=self.registry,
+        )
+        self.resumes = Counter(
+            "gateway_stream_resumes", "Streams that failed mid-way and were continued on another backend, "
+            "by outcome (resumed, failed)", ("route", "outcome"), registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "gateway_backend_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            ("backend",), registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_backend_in_flight", "Requests open on the backend (all replicas when state is shared)",
+            ("backend",), registry=self.registry,
+        )
+        self.shared_state_up = Gauge(
+            "gateway_shared_state_up", "1 while the shared routing state (Redis) is reachable; 0 while "
+            "routing runs on this replica's local state", registry=self.registry,
+        )
+        # Gauges that mirror live state are set just before each scrape, not on the hot path.
+        self.before_render: Callable[[], None] | None = None
         self._children: dict[tuple[object, ...], object] = {}
 
-    def _child(self, metric: Counter | Histogram, *labels: str) -> object:
+    def _child(self, metric: Counter | Histogram | Gauge, *labels: str) -> object:
         key = (metric, *labels)
         child = self._children.get(key)
         if child is None:
@@ -63,7 +95,25 @@ class Metrics:
     def set_backend_health(self, backend: str, healthy: bool) -> None:
         self.backend_up.labels(backend).set(1 if healthy else 0)
 
+    def observe_attempt_failure(self, backend: str, outcome: str) -> None:
+        self._child(self.attempt_failures, backend, outcome).inc()  # type: ignore[attr-defined]
+
+    def observe_decision(self, route: str, backend: str, policy: str) -> None:
+        self._child(self.decisions, route, backend, policy).inc()  # type: ignore[attr-defined]
+
+    def observe_cost(self, route: str, backend: str, tenant: str, usd: float) -> None:
+        if usd > 0.0:
+            self._child(self.cost, route, backend, tenant).inc(usd)  # type: ignore[attr-defined]
+
+    def observe_resume(self, route: str, outcome: str) -> None:
+        self._child(self.resumes, route, outcome).inc()  # type: ignore[attr-defined]
+
+    def set_shared_state(self, up: bool) -> None:
+        self.shared_state_up.set(1 if up else 0)
+
     def render(self) -> bytes:
+        if self.before_render is not None:
+            self.before_render()
         return generate_latest(self.registry)
 
 

@@ -16,7 +16,9 @@ from gateway.observability import Metrics
 from gateway.plugins import BackendRegistry
 from gateway.routing.dispatcher import Dispatcher
 from gateway.routing.health import HealthMonitor, HealthState
+from gateway.routing.load_monitor import LoadMonitor
 from gateway.routing.policies import make_policy
+from gateway.routing.shared import RoutingState, make_routing_state
 from gateway.routing.table import Route, RouteTable
 from gateway.upstream import UpstreamClient, make_upstream_client
 
@@ -33,6 +35,7 @@ class GatewayState:
         *,
         config_dir: str | Path = ".",
         upstream: UpstreamClient | None = None,
+        routing: RoutingState | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream or make_upstream_client(config.server.upstream_client)
@@ -45,17 +48,33 @@ class GatewayState:
             Route(
                 model=r.model,
                 backends=tuple(self.backends[name] for name in r.backends),
-                policy=make_policy(r.policy),
+                policy=make_policy(r.policy, r, config.routing.stats),
+                config=r,
             )
             for r in config.routes
         ])
         self.metrics = Metrics()
         self.health = HealthState()
-        self.dispatcher = Dispatcher(self.health)
+        self.routing = routing or make_routing_state(config, on_shared_change=self.metrics.set_shared_state)
+        self.dispatcher = Dispatcher(
+            self.health, self.routing, config.routing.stats, on_attempt_failed=self.metrics.observe_attempt_failure
+        )
         self.monitor = HealthMonitor(
             list(self.backends.values()), self.health, config.server.health_interval_s,
             on_change=self.metrics.set_backend_health,
         )
+        self.metrics.before_render = self._export_live_gauges
+        self.load_monitor = LoadMonitor(
+            list(self.backends.values()), self.routing.stats, config.routing.stats.load_interval_s
+        )
+
+    def _export_live_gauges(self) -> None:
+        """Breaker states and in-flight counts, read from the routing state at scrape time."""
+        codes = {"closed": 0, "half_open": 1, "open": 2}
+        for name in self.backends:
+            self.metrics.breaker_state.labels(name).set(codes[self.routing.breakers.snapshot(name).state])
+            self.metrics.in_flight.labels(name).set(self.routing.stats.get(name).in_flight)
+        self.metrics.set_shared_state(self.routing.shared_ok)
 
     async def startup(self) -> None:
         """Start every backend (launching managed servers in parallel), then check health once."""
@@ -66,13 +85,18 @@ class GatewayState:
             await self.shutdown()
             detail = "; ".join(f"{n}: {r}" for n, r in failures)
             raise RuntimeError(f"backend start-up failed: {detail}")
+        await self.routing.start()
+        log.info("routing state: %s", self.routing.describe())
         await self.monitor.check_once()
         for name, healthy in self.health.snapshot().items():
             log.info("backend %s (%s) %s", name, self.backends[name].plugin, "healthy" if healthy else "UNHEALTHY")
         self.monitor.start()
+        self.load_monitor.start()
 
     async def shutdown(self) -> None:
         """Stop health checks, stop backends (and their managed servers), close connections."""
         await self.monitor.stop()
+        await self.load_monitor.stop()
+        await self.routing.aclose()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         await self.upstream.aclose()

@@ -308,8 +308,8 @@ class EmulatorProcess(ManagedSubprocess):
     """
 
     def __init__(self, module: str, log_path: Path, extra: list[str] | None = None, *,
-                 ready_path: str = "/health", name: str | None = None) -> None:
-        self.port = free_port()
+                 ready_path: str = "/health", name: str | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port brings a stopped emulator back where it was
         self.url = f"http://127.0.0.1:{self.port}"
         self.knobs_url = self.url + "/__emulator/knobs"
         self._ready_path = ready_path

@@ -18,8 +18,13 @@ from gateway.api.asgi_io import ClientDisconnected, Receive, Scope, Send, read_b
 from gateway.api.decode import decode_request
 from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
-from gateway.errors import GatewayError, model_not_found
-from gateway.routing.dispatcher import StreamResult
+from gateway.api.stream_relay import StreamRelay
+from gateway.api.tenant import TenantNamer
+from gateway.api.usage import Usage, read_usage
+from gateway.config import POLICY_NAMES
+from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.routing.cost import request_cost_usd
+from gateway.routing.interfaces import RequestFeatures
 from gateway.schemas import RequestKind
 
 if TYPE_CHECKING:
@@ -31,26 +36,42 @@ _MAX_REQUEST_ID = 200
 _INTERNAL = GatewayError(500, "internal gateway error; see the gateway's logs", type="api_error",
                          code="internal_error")
 _NOT_POST = GatewayError(405, "method not allowed: use POST", code="method_not_allowed")
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_POLICIES = frozenset(POLICY_NAMES)
 
 
-def _request_meta(scope: Scope) -> tuple[bytes, int | None]:
-    """(request id, content-length) from the request headers, in one pass."""
-    request_id: bytes | None = None
-    content_length: int | None = None
-    for key, value in scope["headers"]:
-        if key == b"x-request-id":
-            if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode("ascii").isprintable():
-                request_id = value
-        elif key == b"content-length":
-            with contextlib.suppress(ValueError):
-                content_length = int(value)
-    return request_id or os.urandom(12).hex().encode(), content_length
+class RequestMeta:
+    """What the handler reads from the request headers, in one pass."""
+
+    __slots__ = ("authorization", "content_length", "policy", "request_id")
+
+    def __init__(self, scope: Scope) -> None:
+        request_id: bytes | None = None
+        self.content_length: int | None = None
+        self.policy: bytes | None = None
+        self.authorization: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode("ascii").isprintable():
+                    request_id = value
+            elif key == b"content-length":
+                with contextlib.suppress(ValueError):
+                    self.content_length = int(value)
+            elif key == b"x-gateway-policy":
+                self.policy = value
+            elif key == b"authorization":
+                self.authorization = value
+        self.request_id = request_id or os.urandom(12).hex().encode()
+
+    def policy_name(self) -> str | None:
+        """The per-request policy, validated; 400 naming the header for an unknown one."""
+        if self.policy is None:
+            return None
+        name = self.policy.decode("latin-1").strip()
+        if name not in _POLICIES:
+            raise bad_request(f"Invalid value for header 'x-gateway-policy': {name!r} is not one of "
+                              f"{', '.join(POLICY_NAMES)}", param="x-gateway-policy", code="invalid_value")
+        return name
 
 
 class OpenAIHandler:
@@ -59,10 +80,12 @@ class OpenAIHandler:
     def __init__(self, state: GatewayState, kind: RequestKind) -> None:
         self.state = state
         self.kind = kind
+        self.tenants = TenantNamer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id, content_length = _request_meta(scope)
+        meta = RequestMeta(scope)
+        request_id = meta.request_id
         if scope["method"] != "POST":
             await send_error(send, _NOT_POST, request_id)
             return
@@ -70,23 +93,49 @@ class OpenAIHandler:
         route_name, backend_name, status = "", "", 200
         watch: DisconnectWatch | None = None
         try:
-            body = await read_body(receive, state.config.server.max_body_bytes, content_length)
+            body = await read_body(receive, state.config.server.max_body_bytes, meta.content_length)
             data, request = decode_request(self.kind, body)
             route = state.routes.lookup(request.model)
             if route is None:
                 raise model_not_found(request.model)
             route_name = route.model
+            policy = state.dispatcher.policy_for(route, meta.policy_name())
+            features = RequestFeatures(self.kind, data, self.tenants(meta.authorization))
             watch = DisconnectWatch(receive)
             if self.kind != "embedding" and request.stream:
-                result = await state.dispatcher.open_stream(route, self.kind, data)
+                result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
                 backend_name = result.backend.name
-                await self._stream(send, result, request.model, request_id, route_name, started, watch)
+                state.metrics.observe_decision(route_name, backend_name, policy.name)
+                relay = StreamRelay(state, route, self.kind, features, policy, request.model, started)
+                await relay.run(send, result, request_id, watch)
                 return
-            backend, payload = await state.dispatcher.call(route, self.kind, data)
+            usage: list[Usage | None] = [None]
+
+            def output_tokens(payload: bytes) -> int | None:
+                usage[0] = read_usage(payload)
+                return usage[0].completion_tokens if usage[0] is not None else None
+
+            served = await state.dispatcher.call(route, self.kind, features, policy=policy,
+                                                 output_tokens=output_tokens)
+            backend = served.backend
             backend_name = backend.name
+            state.metrics.observe_decision(route_name, backend_name, policy.name)
             watch.finish()
-            headers = [*_JSON_HEADERS, (b"x-gateway-backend", backend.name.encode()), (b"x-request-id", request_id)]
-            await send_bytes(send, 200, ModelRenamer(request.model)(payload), headers)
+            counts = usage[0]
+            cost = request_cost_usd(
+                backend.config, state.routing.stats.get(backend_name),
+                counts.prompt_tokens if counts is not None else features.input_tokens,
+                counts.completion_tokens if counts is not None else 0,
+            )
+            state.metrics.observe_cost(route_name, backend_name, features.tenant, cost)
+            headers = [
+                *_JSON_HEADERS,
+                (b"x-gateway-backend", backend_name.encode()),
+                (b"x-gateway-route-reason", served.reason.encode("ascii", "replace")),
+                (b"x-gateway-cost-usd", f"{cost:.8f}".encode()),
+                (b"x-request-id", request_id),
+            ]
+            await send_bytes(send, 200, ModelRenamer(request.model)(served.body), headers)
         except ClientDisconnected:
             status = 499
         except asyncio.CancelledError:
@@ -108,42 +157,3 @@ class OpenAIHandler:
             if watch is not None:
                 watch.finish()
             state.metrics.observe_request(route_name, backend_name, status, time.perf_counter() - started)
-
-    async def _stream(
-        self,
-        send: Send,
-        result: StreamResult,
-        client_model: str,
-        request_id: bytes,
-        route_name: str,
-        started: float,
-        watch: DisconnectWatch,
-    ) -> None:
-        """Write each batch of events the moment it arrives; end a failed stream with an error event."""
-        backend = result.backend
-        rename = ModelRenamer(client_model)
-        try:
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    *_SSE_HEADERS, (b"x-gateway-backend", backend.name.encode()), (b"x-request-id", request_id)
-                ],
-            })
-            await send({"type": "http.response.body", "body": rename(result.first), "more_body": True})
-            self.state.metrics.observe_ttft(route_name, backend.name, time.perf_counter() - started)
-            try:
-                async for events in result.rest:
-                    await send({"type": "http.response.body", "body": rename(events), "more_body": True})
-            except Exception as exc:
-                # Headers are gone: the only way left to tell the client is an error event.
-                err = exc if isinstance(exc, GatewayError) else _INTERNAL
-                if not isinstance(exc, GatewayError):
-                    log.exception("unexpected error streaming request %s", request_id.decode())
-                log.warning("stream from %s failed after its first byte: %s", backend.name, err.message)
-                self.state.metrics.observe_stream_error(route_name, backend.name)
-                await send({"type": "http.response.body", "body": err.sse_event(), "more_body": True})
-            watch.finish()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await result.stream.aclose()

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from gateway.errors import GatewayError
+from gateway.routing.report import backends_report
 from gateway.schemas import ModelCard, ModelList
 from gateway.state import GatewayState
 
@@ -49,4 +50,10 @@ def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(models), media_type="application/json")
 
 
-ROUTES = [health, ready, metrics, list_models]
+@get("/admin/backends", sync_to_thread=False)
+def admin_backends(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Live statistics, breaker, load and cost per backend (JSON)."""
+    return Response(msgspec.json.encode(backends_report(_state(request))), media_type="application/json")
+
+
+ROUTES = [health, ready, metrics, list_models, admin_backends]

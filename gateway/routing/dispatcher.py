@@ -1,28 +1,76 @@
-"""Sends one request to a route's backends in policy order, falling back before the first byte."""
+"""Sends one request to a route's backends: policy order, breakers, limits, retries and fallbacks.
+
+The order of work for each request:
+1. candidates that can honour every parameter (422 naming it when none can);
+2. of those, the ones available now: healthy by the active check, admitted by their circuit
+   breaker, under their concurrency limit (503 listing why each was left out when none is);
+3. the policy ranks them; the first is tried, then the others as fallbacks. After a full pass
+   fails, passes repeat after a jittered exponential backoff, up to `retries.attempts` tries
+   in all. A backend's 429 Retry-After is honoured (it is not tried again sooner), and only
+   failures before the first byte reaches the client are ever retried.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.backend import Backend, BackendUnavailable, EventStream
 from gateway.errors import GatewayError, backend_timeout, no_healthy_backend, unsupported_parameter
 from gateway.routing.health import HealthState
+from gateway.routing.interfaces import Policy, RequestFeatures, RouteChoice
+from gateway.routing.policies import make_policy
 from gateway.routing.table import Route
 from gateway.schemas import RequestKind
+
+if TYPE_CHECKING:
+    from gateway.config import RetryConfig, StatsConfig
+    from gateway.routing.shared import RoutingState
+
+T = TypeVar("T")
+Timer = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+# Called once per attempt that failed before its first byte: (backend name, what happened).
+AttemptObserver = Callable[[str, str], None]
+
+
+@dataclass(slots=True)
+class Served:
+    """A non-streaming answer: the backend that served it, its OpenAI JSON body and why it was chosen."""
+
+    backend: Backend
+    body: bytes
+    reason: str
+    elapsed_s: float  # the successful attempt's own time, request sent to body read
 
 
 @dataclass(slots=True)
 class StreamResult:
-    """An accepted stream: the backend serving it, its first events, and the rest."""
+    """An accepted stream: the backend serving it, its first events, and the rest.
+
+    `finish` must be called once when the stream is over, whatever happened: it closes the
+    backend's in-flight count and records the attempt in the live statistics.
+    """
 
     backend: Backend
     first: bytes
     rest: AsyncIterator[bytes]
     stream: EventStream
+    reason: str
+    sent_at: float  # timer value when the request went to the backend
+    _done: Callable[[bool | None, int | None, float | None], None] = field(repr=False)
+    _finished: bool = False
+
+    def finish(self, *, ok: bool | None, output_tokens: int | None = None, ttft_s: float | None = None) -> None:
+        """Record how the stream ended: ok, failed mid-way (False) or cut by the client (None)."""
+        if not self._finished:
+            self._finished = True
+            self._done(ok, output_tokens, ttft_s)
 
 
 def _unsupported(backend: Backend, kind: RequestKind, body: dict[str, Any]) -> GatewayError | None:
@@ -37,22 +85,60 @@ def _unsupported(backend: Backend, kind: RequestKind, body: dict[str, Any]) -> G
     return None
 
 
+def _throttled(err: GatewayError) -> bool:
+    return isinstance(err, BackendUnavailable) and err.throttled
+
+
 class Dispatcher:
-    """Tries candidates in order; a server-side failure before the first byte moves on to the next."""
+    """Tries a route's candidates in policy order and keeps the books on every attempt."""
 
-    def __init__(self, health: HealthState) -> None:
+    def __init__(
+        self,
+        health: HealthState,
+        routing: RoutingState,
+        stats_config: StatsConfig,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        timer: Timer = time.perf_counter,
+        clock: Callable[[], float] = time.time,
+        on_attempt_failed: AttemptObserver | None = None,
+    ) -> None:
         self.health = health
+        self.routing = routing
+        self.stats = routing.stats
+        self.breakers = routing.breakers
+        self._stats_config = stats_config
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._timer = timer
+        self._clock = clock  # the breakers' clock, to say how long one stays open
+        self._on_attempt_failed = on_attempt_failed
+        self._active: dict[str, int] = {}  # this process's requests open per backend (concurrency limits)
+        self._throttled_until: dict[str, float] = {}  # timer value before which a 429'd backend is not retried
+        self._policies: dict[tuple[str, str], Policy] = {}
 
-    def _candidates(self, route: Route, kind: RequestKind, body: dict[str, Any]) -> list[Backend]:
-        """Backends that can honour every parameter, in policy order; 422 if none can."""
-        ordered = route.policy.order(route.backends, self.health)
-        if not ordered:
-            raise no_healthy_backend(
-                [(b.name, self.health.reasons.get(b.name, "unhealthy")) for b in route.backends]
-            )
+    def elapsed_since(self, sent_at: float) -> float:
+        """Seconds since `sent_at`, a value of this dispatcher's timer (StreamResult.sent_at)."""
+        return self._timer() - sent_at
+
+    # -- choosing ---------------------------------------------------------------------------
+
+    def policy_for(self, route: Route, name: str | None) -> Policy:
+        """The route's own policy, or a per-request one (the `x-gateway-policy` header)."""
+        if name is None or name == route.policy.name:
+            return route.policy
+        key = (route.model, name)
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = make_policy(name, route.config, self._stats_config, rng=self._rng)
+        return policy
+
+    def _able(self, route: Route, kind: RequestKind, body: dict[str, Any]) -> list[Backend]:
+        """Backends that can honour every parameter, in config order; 422 if none can."""
         able: list[Backend] = []
         first_refusal: GatewayError | None = None
-        for backend in ordered:
+        for backend in route.backends:
             refusal = _unsupported(backend, kind, body)
             if refusal is None:
                 able.append(backend)
@@ -63,17 +149,169 @@ class Dispatcher:
             raise first_refusal
         return able
 
-    def _give_up(self, route: Route, failures: list[tuple[str, GatewayError]]) -> GatewayError:
+    def _unavailable_reason(self, backend: Backend) -> str | None:
+        """Why `backend` cannot take a request right now, or None when it can."""
+        name = backend.name
+        if not self.health.is_healthy(name):
+            return self.health.reasons.get(name, "unhealthy")
+        if self.breakers.admission(name) == "no":
+            snapshot = self.breakers.snapshot(name)
+            left = max(0.0, snapshot.open_until - self._clock())
+            if snapshot.state == "open":
+                return f"circuit open for {left:.1f}s more after {snapshot.failures} failure(s)"
+            return "circuit half-open, its probe request is out"
+        limit = backend.config.max_concurrency
+        if limit is not None and self._active.get(name, 0) >= limit:
+            return f"at its concurrency limit ({limit})"
+        return None
+
+    def plan(
+        self,
+        route: Route,
+        kind: RequestKind,
+        features: RequestFeatures,
+        policy: Policy,
+        exclude: Collection[str] = (),
+    ) -> tuple[list[RouteChoice], list[tuple[str, str]]]:
+        """(ranked available candidates, [(backend, why it was left out)])."""
+        available: list[Backend] = []
+        skipped: list[tuple[str, str]] = []
+        for backend in self._able(route, kind, features.body):
+            if backend.name in exclude:
+                continue
+            why = self._unavailable_reason(backend)
+            if why is None:
+                available.append(backend)
+            else:
+                skipped.append((backend.name, why))
+        if not available:
+            raise self._none_available(skipped)
+        return policy.rank(available, features, self.stats), skipped
+
+    def _none_available(self, skipped: list[tuple[str, str]]) -> GatewayError:
+        error = no_healthy_backend(skipped)
+        # Retry when the first open breaker lets a probe through (at least 1 s, as before).
+        waits = [self.breakers.snapshot(name).open_until - self._clock() for name, _ in skipped]
+        soonest = min((w for w in waits if w > 0), default=1.0)
+        error.headers["retry-after"] = str(max(1, math.ceil(soonest)))
+        return error
+
+    # -- trying -----------------------------------------------------------------------------
+
+    def _backoff(self, retries: RetryConfig, round_number: int) -> float:
+        """Full jitter: uniform up to base x 2^(round - 1), capped."""
+        ceiling = min(retries.max_backoff_s, retries.backoff_s * 2 ** max(0, round_number - 1))
+        return self._rng.uniform(0.0, ceiling)
+
+    async def _attempt(
+        self,
+        route: Route,
+        kind: RequestKind,
+        features: RequestFeatures,
+        policy: Policy,
+        try_one: Callable[[Backend, float], Awaitable[T]],
+        exclude: Collection[str] = (),
+        passes_over: Callable[[Backend], bool] | None = None,
+    ) -> tuple[T, RouteChoice, float]:
+        """Run `try_one` on candidates until one succeeds: (its result, its choice, when it was sent).
+
+        A backend `passes_over` is true for is not tried and not counted against anything.
+        """
+        choices, skipped = self.plan(route, kind, features, policy, exclude)
+        retries = route.config.retries
+        failures: list[tuple[str, GatewayError]] = []
+        waiting: dict[str, float] = {}  # backends passed over because their 429 asked for a longer wait
+        attempts, round_number = 0, 0
+        while attempts < retries.attempts:
+            progressed = False
+            for choice in choices:
+                if attempts >= retries.attempts:
+                    break
+                backend = choice.backend
+                name = backend.name
+                if round_number > 0 and self._unavailable_reason(backend) is not None:
+                    continue
+                if passes_over is not None and passes_over(backend):
+                    continue
+                wait = self._throttled_until.get(name, 0.0) - self._timer()
+                if wait > retries.max_retry_after_s:
+                    waiting[name] = wait  # it asked for more patience than this request has
+                    continue
+                if round_number > 0 or wait > 0:
+                    await self._sleep(max(wait, self._backoff(retries, round_number) if round_number else 0.0))
+                if self.breakers.admission(name) == "probe" and not await self.breakers.acquire_probe(name):
+                    continue  # another request (or replica) is probing it
+                attempts += 1
+                progressed = True
+                self._active[name] = self._active.get(name, 0) + 1
+                self.stats.started(name)
+                sent_at = self._timer()
+                try:
+                    result = await try_one(backend, sent_at)
+                except GatewayError as err:
+                    if err.status < 500 and not _throttled(err):
+                        self._release(name, None, sent_at, None, None)
+                        raise  # the request's own fault: another backend would refuse it too
+                    self._failed(name, err, sent_at)
+                    failures.append((name, err))
+                    continue
+                except BaseException:
+                    self._release(name, None, sent_at, None, None)  # the client went away
+                    raise
+                if failures:
+                    tried = ", ".join(dict.fromkeys(n for n, _ in failures))
+                    choice = RouteChoice(backend, f"{choice.reason}; fallback after {tried} failed")
+                return result, choice, sent_at
+            if not progressed:
+                break
+            round_number += 1
+        raise self._give_up(failures, skipped, waiting)
+
+    def _failed(self, name: str, err: GatewayError, sent_at: float) -> None:
+        """Book a failed attempt: breaker, statistics, and a 429's Retry-After."""
+        throttled = _throttled(err)
+        hard = isinstance(err, BackendUnavailable) and err.mark_down
+        if throttled:
+            # Busy is not broken: the breaker stays closed, the backend just waits its turn.
+            seconds = _seconds(err.headers.get("retry-after"))
+            self._throttled_until[name] = self._timer() + (seconds if seconds is not None else 1.0)
+            self._release(name, None, sent_at, None, None)
+        else:
+            self.breakers.record(name, ok=False, hard=hard)
+            self._release(name, False, sent_at, None, None)
+        if self._on_attempt_failed is not None:
+            self._on_attempt_failed(name, "throttled" if throttled else "refused" if hard else f"http_{err.status}")
+
+    def _release(
+        self, name: str, ok: bool | None, sent_at: float, output_tokens: int | None, ttft_s: float | None
+    ) -> None:
+        self._active[name] = max(0, self._active.get(name, 0) - 1)
+        self.stats.finished(name, ok=ok, e2e_s=self._timer() - sent_at, ttft_s=ttft_s, output_tokens=output_tokens)
+
+    def _give_up(
+        self,
+        failures: list[tuple[str, GatewayError]],
+        skipped: list[tuple[str, str]],
+        waiting: dict[str, float] | None = None,
+    ) -> GatewayError:
         """The error for a request every candidate failed: one failure as itself, several listed."""
         tried = {name for name, _ in failures}
-        skipped = [
-            (b.name, self.health.reasons.get(b.name, "unhealthy"))
-            for b in route.backends
-            if not self.health.is_healthy(b.name) and b.name not in tried
-        ]
-        if len(failures) == 1 and not skipped and failures[0][1].status in (502, 504):
-            return failures[0][1]
-        error = no_healthy_backend([(name, _reason(err)) for name, err in failures] + skipped)
+        for name, wait in (waiting or {}).items():
+            if name not in tried:
+                failures.append((name, GatewayError(
+                    503, f"asked to be retried in {wait:.1f}s (HTTP 429)", type="api_error",
+                    code="backend_unavailable", headers={"retry-after": str(math.ceil(wait))},
+                )))
+        if not failures:
+            return self._none_available(skipped)
+        tried = {name for name, _ in failures}
+        skipped = [(name, why) for name, why in skipped if name not in tried]
+        distinct: dict[str, GatewayError] = {}
+        for name, err in failures:
+            distinct.setdefault(name, err)  # a retried backend is listed once, with its first error
+        if len(distinct) == 1 and not skipped and failures[-1][1].status in (502, 504):
+            return failures[-1][1]
+        error = no_healthy_backend([(name, _reason(err)) for name, err in distinct.items()] + skipped)
         waits = [_seconds(err.headers.get("retry-after")) for _, err in failures]
         if any(w is not None for w in waits):
             # The longest wait any backend asked for: sooner, every candidate is still refusing.
@@ -84,37 +322,69 @@ class Dispatcher:
             error.code = "backend_error" if status == 502 else "backend_timeout"
         return error
 
-    async def call(self, route: Route, kind: RequestKind, body: dict[str, Any]) -> tuple[Backend, bytes]:
-        """A non-streaming request: (backend that served it, OpenAI JSON body)."""
-        failures: list[tuple[str, GatewayError]] = []
-        for backend in self._candidates(route, kind, body):
-            try:
-                if kind == "chat":
-                    return backend, await backend.chat(body)
-                if kind == "completion":
-                    return backend, await backend.completion(body)
-                return backend, await backend.embeddings(body)
-            except GatewayError as err:
-                if err.status < 500:
-                    raise  # the request's own fault: another backend would refuse it too
-                self._note_failure(backend, err)
-                failures.append((backend.name, err))
-        raise self._give_up(route, failures)
+    # -- the two kinds of request -----------------------------------------------------------
 
-    async def open_stream(self, route: Route, kind: RequestKind, body: dict[str, Any]) -> StreamResult:
+    async def call(
+        self,
+        route: Route,
+        kind: RequestKind,
+        features: RequestFeatures,
+        *,
+        policy: Policy | None = None,
+        output_tokens: Callable[[bytes], int | None] = lambda _body: None,
+    ) -> Served:
+        """A non-streaming request. `output_tokens` reads the answer's usage for the statistics."""
+        body = features.body
+
+        async def try_one(backend: Backend, _sent_at: float) -> bytes:
+            if kind == "chat":
+                return await backend.chat(body)
+            if kind == "completion":
+                return await backend.completion(body)
+            return await backend.embeddings(body)
+
+        payload, choice, sent_at = await self._attempt(route, kind, features, policy or route.policy, try_one)
+        elapsed = self._timer() - sent_at
+        name = choice.backend.name
+        self.breakers.record(name, ok=True)
+        self._release(name, True, sent_at, output_tokens(payload), None)
+        return Served(backend=choice.backend, body=payload, reason=choice.reason, elapsed_s=elapsed)
+
+    async def open_stream(
+        self,
+        route: Route,
+        kind: RequestKind,
+        features: RequestFeatures,
+        *,
+        policy: Policy | None = None,
+        exclude: Collection[str] = (),
+        body_for: Callable[[Backend], dict[str, Any] | None] | None = None,
+    ) -> StreamResult:
         """A streaming request, accepted once its first events have arrived.
 
         Waiting for the first event before answering the client means a backend that fails
         before producing anything can still be replaced, and its error reported as a status.
+        `body_for` gives a backend-specific body (a resumed stream's continuation); a backend
+        it returns None for is passed over. `exclude` names backends not to use.
         """
-        failures: list[tuple[str, GatewayError]] = []
-        for backend in self._candidates(route, kind, body):
+
+        bodies: dict[str, dict[str, Any] | None] = {}
+
+        def passes_over(backend: Backend) -> bool:
+            """A backend that cannot take this backend-specific body (a continuation it cannot do)."""
+            if body_for is None:
+                return False
+            if backend.name not in bodies:
+                body = body_for(backend)
+                bodies[backend.name] = body if body is None or _unsupported(backend, kind, body) is None else None
+            return bodies[backend.name] is None
+
+        async def try_one(backend: Backend, _sent_at: float) -> tuple[bytes, AsyncIterator[bytes], EventStream]:
+            body = features.body if body_for is None else bodies[backend.name]
+            assert body is not None
             stream: EventStream | None = None
             try:
-                if kind == "chat":
-                    stream = await backend.stream_chat(body)
-                else:
-                    stream = await backend.stream_completion(body)
+                stream = await (backend.stream_chat(body) if kind == "chat" else backend.stream_completion(body))
                 iterator = aiter(stream)
                 limit = backend.config.timeouts.first_token_s
                 try:
@@ -128,25 +398,25 @@ class Dispatcher:
                     raise backend_timeout(backend.name, "the first token", limit) from err
                 except StopAsyncIteration as err:
                     raise BackendUnavailable(backend.name, "stream ended before any event") from err
-                return StreamResult(backend=backend, first=first, rest=iterator, stream=stream)
-            except GatewayError as err:
-                if stream is not None:
-                    await stream.aclose()
-                if err.status < 500:
-                    raise
-                self._note_failure(backend, err)
-                failures.append((backend.name, err))
+                return first, iterator, stream
             except BaseException:
                 if stream is not None:
                     await stream.aclose()
                 raise
-        raise self._give_up(route, failures)
 
-    def _note_failure(self, backend: Backend, err: GatewayError) -> None:
-        # A refused connection marks the backend down until the next active check says
-        # otherwise, so the following requests do not each pay for the same failure.
-        if isinstance(err, BackendUnavailable) and err.mark_down:
-            self.health.mark(backend.name, False, err.reason)
+        (first, rest, stream), choice, sent_at = await self._attempt(
+            route, kind, features, policy or route.policy, try_one, exclude, passes_over
+        )
+        name = choice.backend.name
+        self.breakers.record(name, ok=True)
+
+        def done(ok: bool | None, output_tokens: int | None, ttft_s: float | None) -> None:
+            if ok is False:
+                self.breakers.record(name, ok=False)
+            self._release(name, ok, sent_at, output_tokens, ttft_s)
+
+        return StreamResult(backend=choice.backend, first=first, rest=rest, stream=stream, reason=choice.reason,
+                            sent_at=sent_at, _done=done)
 
 
 def _reason(err: GatewayError) -> str:

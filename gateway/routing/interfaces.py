@@ -39,7 +39,9 @@ class BackendStats(msgspec.Struct, kw_only=True):
     in_flight: int = 0  # requests open now (across replicas when shared)
     recent_requests: float = 0.0  # decayed count of requests started
     output_tokens_per_s: float | None = None  # the backend's measured output throughput, all requests together
-    queued: float | None = None  # the engine's own queue (its plugin's load signal)
+    # The engine's own load signal (its plugin's `load()`, polled), less this gateway's requests
+    # in flight at the time, which `in_flight` counts already: other clients' work.
+    queued: float | None = None
     running: float | None = None
     capacity: float | None = None
     kv_cache_usage: float | None = None
@@ -103,7 +105,7 @@ class Breakers(Protocol):
 class RequestFeatures:
     """Facts about one request that policies use, computed only when first asked for."""
 
-    __slots__ = ("kind", "body", "tenant", "_input_tokens")
+    __slots__ = ("_input_tokens", "body", "kind", "tenant")
 
     def __init__(self, kind: RequestKind, body: dict[str, Any], tenant: str = "") -> None:
         self.kind = kind

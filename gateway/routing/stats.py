@@ -5,9 +5,10 @@ the running weight first lose `0.5 ** (dt / half_life_s)` of themselves, then `x
 added; the mean is sum / weight. Unlike an EWMA with a fixed alpha this treats a burst of
 samples at one instant correctly and lets an idle backend's numbers age by time, not by count.
 
-Latencies are *peak*-weighted: a sample above the mean replaces it at once (the weight is kept),
-so a backend that slows down is avoided from its first slow answer, while an improvement
-blends in over the half-life. Routing errs towards caution, as Finagle's peak-EWMA does.
+Latencies are *peak*-weighted: a sample above the current value becomes the value at once, so
+a backend that slows down is avoided from its first slow answer; the peak then fades back to
+the mean within seconds (see `DecayedMean`), so one noisy answer does not banish a backend.
+Routing errs towards caution, as Finagle's peak-EWMA does, without holding a grudge.
 
 The Redis implementation (`gateway/routing/shared.py`) keeps the same sums in Redis hashes and
 applies exactly these updates in Lua.
@@ -22,20 +23,34 @@ from gateway.backend import BackendLoad
 from gateway.routing.interfaces import BackendStats
 
 Clock = Callable[[], float]
+# A peak's excess over the mean halves in this fraction of the statistics' half-life.
+PEAK_FADE = 0.25
 
 
 class DecayedMean:
-    """A time-decayed weighted mean; `peak=True` jumps to samples above the mean."""
+    """A time-decayed weighted mean; `peak=True` adds a peak that fades back to the mean.
 
-    __slots__ = ("at", "peak", "total", "weight")
+    With a peak, a sample above the current value becomes the value at once; the excess over
+    the plain mean then halves every `half_life_s / 4` whether or not more samples arrive, so
+    one slow answer sends traffic elsewhere for a few seconds, not until the backend happens
+    to be sampled again (which it would not be, once avoided).
+    """
+
+    __slots__ = ("at", "peak", "peak_at", "peaked", "total", "weight")
 
     def __init__(self, *, peak: bool = False) -> None:
         self.total = 0.0
         self.weight = 0.0
         self.at = 0.0
-        self.peak = peak
+        self.peaked = peak
+        self.peak = 0.0
+        self.peak_at = 0.0
 
     def add(self, value: float, now: float, half_life_s: float) -> None:
+        if self.peaked:
+            current = self.value_at(now, half_life_s)
+            if current is None or value > current:
+                self.peak, self.peak_at = value, now
         if self.weight > 0.0:
             decay = 0.5 ** (max(0.0, now - self.at) / half_life_s)
             self.total *= decay
@@ -43,12 +58,18 @@ class DecayedMean:
         self.at = now
         self.total += value
         self.weight += 1.0
-        if self.peak and value * self.weight > self.total:
-            self.total = value * self.weight
 
     @property
-    def value(self) -> float | None:
+    def mean(self) -> float | None:
         return self.total / self.weight if self.weight > 0.0 else None
+
+    def value_at(self, now: float, half_life_s: float) -> float | None:
+        """The mean, plus what is left of the last peak above it."""
+        mean = self.mean
+        if mean is None or not self.peaked or self.peak <= mean:
+            return mean
+        fade = 0.5 ** (max(0.0, now - self.peak_at) / (half_life_s * PEAK_FADE))
+        return mean + (self.peak - mean) * fade
 
 
 class DecayedCount:
@@ -126,13 +147,13 @@ class LocalStats:
             return BackendStats()
         now, half_life = self.clock(), self.half_life_s
         attempts = record.attempts.read(now, half_life)
-        speed, concurrency = record.speed.value, record.concurrency.value
+        speed, concurrency = record.speed.mean, record.concurrency.mean
         load = record.load
         return BackendStats(
-            ttft_s=record.ttft.value,
-            tpot_s=record.tpot.value,
-            e2e_s=record.e2e.value,
-            output_tokens=record.output_tokens.value,
+            ttft_s=record.ttft.value_at(now, half_life),
+            tpot_s=record.tpot.value_at(now, half_life),
+            e2e_s=record.e2e.value_at(now, half_life),
+            output_tokens=record.output_tokens.mean,
             error_rate=record.errors.read(now, half_life) / attempts if attempts > 0.0 else 0.0,
             samples=attempts,
             in_flight=record.in_flight,
@@ -172,7 +193,7 @@ class LocalStats:
         record.output_tokens.add(float(output_tokens), now, half_life)
         if e2e_s > 0.0:
             record.speed.add(output_tokens / e2e_s, now, half_life)
-        first = ttft_s if ttft_s is not None else record.ttft.value
+        first = ttft_s if ttft_s is not None else record.ttft.mean
         if output_tokens > 1 and first is not None and e2e_s > first:
             record.tpot.add((e2e_s - first) / (output_tokens - 1), now, half_life)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.backend import Backend
-from gateway.routing.policies import Policy
+from gateway.config import RouteConfig
+from gateway.routing.interfaces import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,7 @@ class Route:
     model: str
     backends: tuple[Backend, ...]
     policy: Policy
+    config: RouteConfig = field(default_factory=lambda: RouteConfig(model="*", backends=[]))
 
     @property
     def is_glob(self) -> bool:

@@ -18,6 +18,10 @@ from gateway.upstream import (
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _FAILURES = (TimeoutError, aiohttp.ClientError, ConnectionError)
+# _STALE: a pooled keep-alive connection the server closed just as it was reused (llama.cpp's
+# server does this right after a stream ends) fails with ServerDisconnectedError before any
+# response byte. Such a request is sent once more on a fresh connection, as HTTP clients do
+# for idle pooled connections; a second disconnect is a real failure.
 
 
 def _translate(err: BaseException, timeouts: UpstreamTimeouts, phase: str, seconds: float) -> UpstreamError:
@@ -98,6 +102,20 @@ class AiohttpUpstream:
             self._timeouts[timeouts] = timeout
         return timeout
 
+    async def _buffered(
+        self, session: aiohttp.ClientSession, method: str, url: str, body: bytes | None,
+        headers: dict[str, str] | None, timeouts: UpstreamTimeouts,
+    ) -> UpstreamResponse:
+        async with session.request(
+            method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
+        ) as response:
+            data = await response.read()
+            found = response.headers
+            return UpstreamResponse(
+                status=response.status, body=data, content_type=found.get("content-type", ""),
+                retry_after=found.get("retry-after") if response.status != 200 else None,
+            )
+
     async def request(
         self,
         method: str,
@@ -110,15 +128,10 @@ class AiohttpUpstream:
         session = self._client()
         try:
             async with asyncio.timeout(timeouts.total_s):
-                async with session.request(
-                    method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
-                ) as response:
-                    data = await response.read()
-                    headers = response.headers
-                    return UpstreamResponse(
-                        status=response.status, body=data, content_type=headers.get("content-type", ""),
-                        retry_after=headers.get("retry-after") if response.status != 200 else None,
-                    )
+                try:
+                    return await self._buffered(session, method, url, body, headers, timeouts)
+                except aiohttp.ServerDisconnectedError:  # see _STALE: once more, on a fresh connection
+                    return await self._buffered(session, method, url, body, headers, timeouts)
         except _FAILURES as err:
             raise _translate(err, timeouts, "total", timeouts.total_s) from err
 
@@ -137,9 +150,14 @@ class AiohttpUpstream:
         first_byte_s = min(timeouts.first_byte_s, timeouts.total_s)
         try:
             async with asyncio.timeout(first_byte_s):
-                response = await session.request(
-                    method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
-                )
+                try:
+                    response = await session.request(
+                        method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
+                    )
+                except aiohttp.ServerDisconnectedError:  # see _STALE: once more, on a fresh connection
+                    response = await session.request(
+                        method, url, data=body, headers=headers or _JSON_HEADERS, timeout=self._timeout(timeouts)
+                    )
         except _FAILURES as err:
             raise _translate(err, timeouts, "first byte", first_byte_s) from err
         return AiohttpStream(response, deadline, timeouts.total_s)

@@ -33,15 +33,22 @@ class FakeModel:
     def __init__(self, reply: str) -> None:
         self._words = reply.split() or ["hello"]
 
-    def generate(self, prompt: str, *, max_tokens: int | None, stop: list[str] | None = None) -> Generation:
+    def generate(self, prompt: str, *, max_tokens: int | None, stop: list[str] | None = None,
+                 prefill: str = "") -> Generation:
+        """The reply to `prompt`; with a `prefill` (the start of the answer, already written), its
+        continuation: the reply from the word after the prefill's last, as a greedy model would."""
         prompt_tokens = count_tokens(prompt)
         natural = len(self._words)
-        limit = natural if max_tokens is None else max_tokens
+        start = count_tokens(prefill)
+        left = max(natural - start, 0)  # words of the natural reply after the prefill
+        limit = left if max_tokens is None else max_tokens
+        # Tokens carry their leading space, so the first one needs it after a prefill ending in a word.
+        glued = bool(prefill) and not prefill[-1].isspace()
         out: list[str] = []
         text = ""
         for i in range(limit):
-            word = self._words[i % natural]
-            token = word if i == 0 else " " + word
+            word = self._words[(start + i) % natural]
+            token = word if i == 0 and not glued else " " + word
             candidate = text + token
             for s in stop or ():
                 at = candidate.find(s)
@@ -52,7 +59,5 @@ class FakeModel:
                     return Generation(out, "stop", prompt_tokens, s)
             out.append(token)
             text = candidate
-            if max_tokens is None and i == natural - 1:
-                break
         finish: FinishReason = "length" if max_tokens is not None and len(out) >= max_tokens else "eos"
         return Generation(out, finish, prompt_tokens)

@@ -69,11 +69,13 @@ def include_usage(body: dict[str, Any], *, default_when_given: bool = False) -> 
     return bool(options.get("include_usage", default_when_given))
 
 
-def generate(runtime: EmulatorRuntime, prompt: str, max_tokens: int | None, stop: list[str]) -> Generation:
-    """The fake model's reply: it ends on its own (the end token) unless max_tokens or a stop string comes first."""
-    natural = runtime.model.generate(prompt, max_tokens=None, stop=stop)
+def generate(runtime: EmulatorRuntime, prompt: str, max_tokens: int | None, stop: list[str],
+             prefill: str = "") -> Generation:
+    """The fake model's reply (or its continuation after `prefill`): it ends on its own (the end
+    token) unless max_tokens or a stop string comes first."""
+    natural = runtime.model.generate(prompt, max_tokens=None, stop=stop, prefill=prefill)
     if max_tokens is not None and len(natural.tokens) > max_tokens:
-        return runtime.model.generate(prompt, max_tokens=max_tokens, stop=stop)
+        return runtime.model.generate(prompt, max_tokens=max_tokens, stop=stop, prefill=prefill)
     return natural
 
 
@@ -179,6 +181,19 @@ def chat_prompt(messages: Any) -> str:
                 content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
             parts.append(f"<|im_start|>{message.get('role', 'user')}\n{content or ''}<|im_end|>")
     return "\n".join([*parts, "<|im_start|>assistant\n"])
+
+
+def trailing_assistant(messages: Any) -> str | None:
+    """The text of a final assistant message (what a server continues as a prefill), or None."""
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
 
 
 class WordVocab:

@@ -74,6 +74,7 @@ class LlamaCppBackend(OpenAICompatBackend):
             embeddings=self.options.embeddings or bool(self.launch and self.launch.embedding),
             token_id_prompts=True,
             tokenize=True,
+            assistant_prefill=True,
         )
 
     @classmethod

@@ -67,7 +67,7 @@ class OllamaBackend:
         self._timeouts = UpstreamTimeouts(connect_s=t.connect_s, first_byte_s=t.first_token_s, total_s=t.total_s)
         self._probe_timeouts = UpstreamTimeouts(connect_s=min(t.connect_s, 2.0), first_byte_s=5.0, total_s=5.0)
         self._requests = RequestBuilder(config.model, self.options)
-        self.capabilities = Capabilities(embeddings=self.options.embeddings)
+        self.capabilities = Capabilities(embeddings=self.options.embeddings, assistant_prefill=True)
         self.server_version: str | None = None
         self.in_flight = 0  # requests open with the server now: Ollama's own API does not say
 

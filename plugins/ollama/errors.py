@@ -47,7 +47,7 @@ def http_error(backend: str, model: str, status: int, body: bytes, path: str,
         )
     if status in (429, 503):
         # Busy, not broken: another backend may serve it, and this one stays in rotation.
-        busy = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
+        busy = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False, throttled=True)
         if retry_after:
             busy.headers["retry-after"] = retry_after
         return busy

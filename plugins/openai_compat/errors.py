@@ -40,7 +40,8 @@ def http_error(backend: str, status: int, body: bytes, retry_after: str | None =
     """
     message, param, code = error_message(body)
     if status >= 500 or status == 429:
-        unavailable = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False)
+        unavailable = BackendUnavailable(backend, f"HTTP {status}: {message}", mark_down=False,
+                                         throttled=status == 429)
         if retry_after:
             unavailable.headers["retry-after"] = retry_after
         # 500/501 are the server's own fault, not overload: report them as a bad gateway.

@@ -72,7 +72,8 @@ class TGIBackend:
         self.client = TGIClient(config.name, config, context.upstream)
         self.info: TGIInfo | None = None
         self._can_tokenize: bool | None = None
-        self.capabilities = Capabilities(chat=True, completion=True, embeddings=False, tokenize=True)
+        self.capabilities = Capabilities(chat=True, completion=True, embeddings=False, tokenize=True,
+                                         assistant_prefill=True)
 
     @classmethod
     def validate_config(cls, config: BackendConfig) -> Iterable[tuple[str, str]]:

@@ -68,7 +68,8 @@ def validation_error(backend: str, message: str, kind: str) -> GatewayError:
 
 def overloaded(backend: str, message: str, retry_after: str | None = None) -> BackendUnavailable:
     """TGI is at `--max-concurrent-requests`: busy, not down, so another backend may serve it."""
-    error = BackendUnavailable(backend, f"overloaded: {message}", mark_down=False)
+    # Overload is TGI's 429: alive and busy, so its breaker stays closed.
+    error = BackendUnavailable(backend, f"overloaded: {message}", mark_down=False, throttled=True)
     if retry_after:
         error.headers["retry-after"] = retry_after
     return error

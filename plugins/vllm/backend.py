@@ -67,7 +67,8 @@ class VLLMBackend(OpenAICompatBackend):
         self._params["chat"] = OPENAI_CHAT_PARAMS | CHAT_PARAMS | extras
         self._params["completion"] = OPENAI_COMPLETION_PARAMS | COMPLETION_PARAMS | extras
         self.capabilities = Capabilities(
-            embeddings=self.options.embeddings, token_id_prompts=True, tokenize=True, prompt_logprobs=True
+            embeddings=self.options.embeddings, token_id_prompts=True, tokenize=True, prompt_logprobs=True,
+            assistant_prefill=True,
         )
 
     @classmethod

@@ -86,7 +86,7 @@ class FakeBackend:
             "completion": OPENAI_COMPLETION_PARAMS,
             "embedding": OPENAI_EMBEDDING_PARAMS,
         }
-        self.reply: Outcome = chat_completion_json()
+        self.reply: Outcome | Callable[[], Outcome] = chat_completion_json()  # a callable answers per call
         self.stream_factory: Callable[[], EventStream] | BaseException = lambda: ScriptedStream(
             [chunk_event("hel"), chunk_event("lo") + DONE]
         )
@@ -109,9 +109,10 @@ class FakeBackend:
 
     async def _answer(self, what: str, body: dict[str, Any]) -> bytes:
         self.calls.append((what, body))
-        if isinstance(self.reply, BaseException):
-            raise self.reply
-        return self.reply
+        reply = self.reply() if callable(self.reply) else self.reply
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     async def _open(self, what: str, body: dict[str, Any]) -> EventStream:
         self.calls.append((what, body))

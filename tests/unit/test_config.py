@@ -51,6 +51,9 @@ def validators() -> Any:
     return load_backend_registry().validators()
 
 
+POLICIES = "(expected one of: first_healthy, round_robin, weighted, least_loaded, latency, cost, prefix_affinity)"
+
+
 def problems_of(raw: Any, validators: Any = None, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(raw, env=env or {}, validators=validators)
@@ -142,7 +145,7 @@ def test_unknown_top_level_and_section_keys(change: dict[str, Any], expected: st
 @pytest.mark.parametrize(
     ("where", "key", "expected"),
     [
-        ((), "weight", "backends[1].weight: unknown key"),
+        ((), "weigth", "backends[1].weigth: unknown key"),
         (("timeouts",), "read_s", "backends[1].timeouts.read_s: unknown key"),
         (("cost",), "per_token", "backends[1].cost.per_token: unknown key"),
     ],
@@ -231,7 +234,8 @@ def test_plugin_validators_run_per_backend(validators: Any) -> None:
         ({"server": {"port": "eighty"}}, "server.port: expected int, got str"),
         ({"server": {"port": 70000}}, "server.port: must be between 0 and 65535"),
         ({"server": {"max_body_bytes": 0}}, "server.max_body_bytes: must be positive"),
-        ({"server": {"upstream_client": "requests"}}, "server.upstream_client: invalid enum value 'requests'"),
+        ({"server": {"upstream_client": "requests"}},
+         "server.upstream_client: invalid enum value 'requests' (expected one of: aiohttp, httpx)"),
         ({"redis": {"url": "http://x"}}, "redis.url: not a Redis URL (expected redis://, rediss:// or unix://)"),
         ({"backends": {"a": 1}}, "backends: expected a list"),
         ({"backends": []}, "backends: at least one backend is required"),
@@ -250,7 +254,7 @@ def test_wrong_types_inside_items() -> None:
     assert problems_of(raw) == [
         "backends[0].timeouts.total_s: expected float, got str",
         "backends[1].timeouts.connect_s: must be positive",
-        "routes[0].policy: invalid enum value 'random'",
+        "routes[0].policy: invalid enum value 'random' " + POLICIES,
     ]
 
 
@@ -282,16 +286,16 @@ def test_several_problems_are_all_listed(validators: Any) -> None:
         "backends[1].plugin: unknown plugin 'missing-plugin' (installed: " + INSTALLED + ")",
         "backends[2].name: duplicate backend name 'vllm-a'",
         "routes[0].backends[0]: unknown backend 'ghost'",
-        "routes[1].policy: invalid enum value 'lottery'",
+        "routes[1].policy: invalid enum value 'lottery' " + POLICIES,
     ])
 
 
 def test_two_problems_in_one_backend_are_both_listed() -> None:
     raw = variant(server={"port": "x", "colour": "red"})
-    raw["backends"][0]["weight"] = 3
+    raw["backends"][0]["weigth"] = 3
     raw["backends"][0]["timeouts"]["read_s"] = 1
     problems = problems_of(raw)
-    assert "backends[0].weight: unknown key" in problems
+    assert "backends[0].weigth: unknown key" in problems
     assert "backends[0].timeouts.read_s: unknown key" in problems
     assert "server.port: expected int, got str" in problems
     assert "server.colour: unknown key" in problems
@@ -401,3 +405,38 @@ def test_check_config_cli_reports_invalid_yaml(tmp_path: Path) -> None:
 def test_every_shipped_config_is_valid(path: Path, validators: Any) -> None:
     config = load_config(path, env={}, validators=validators)
     assert config.backends and config.routes
+
+
+def test_routing_sections_parse_and_every_bad_value_is_named(validators: Any) -> None:
+    raw = variant(routing={"breaker": {"failures": 2, "open_s": 3}, "stats": {"half_life_s": 4}})
+    raw["routes"][0].update(policy="latency", slo={"ttft_ms": 500}, retries={"attempts": 4}, resume=True)
+    raw["backends"][0].update(weight=2.5, max_concurrency=8, cost={"gpu_hour_usd": 2.0})
+    config = parse_config(raw, env={}, validators=validators)
+    assert (config.routing.breaker.failures, config.routing.breaker.open_s, config.routing.stats.half_life_s) == (
+        2, 3, 4)
+    route = config.routes[0]
+    assert (route.policy, route.slo.ttft_ms, route.retries.attempts, route.resume) == ("latency", 500, 4, True)
+    assert (config.backends[0].weight, config.backends[0].max_concurrency) == (2.5, 8)
+    assert config.backends[0].cost.gpu_hour_usd == 2.0
+
+    bad = variant(routing={"breaker": {"failures": 0, "open_s": 5, "max_open_s": 1},
+                           "stats": {"explore_ratio": 0.9}})
+    bad["routes"][0].update(policy="fastest", retries={"attempts": 0}, slo={"ttft_ms": -1})
+    bad["backends"][0].update(weight=-1, max_concurrency=0, cost={"gpu_hour_usd": 0})
+    problems = problems_of(bad)
+    for expected in (
+        "routing.breaker.failures: must be at least 1",
+        "routing.breaker.max_open_s: must be at least breaker.open_s",
+        "routing.stats.explore_ratio: must be between 0 and 0.5",
+        "backends[0].weight: must not be negative",
+        "backends[0].max_concurrency: must be at least 1",
+        "backends[0].cost.gpu_hour_usd: must be positive",
+    ):
+        assert expected in problems, problems
+    assert "routes[0].policy: invalid enum value 'fastest' (expected one of: first_healthy, round_robin, " \
+        "weighted, least_loaded, latency, cost, prefix_affinity)" in problems
+    # A route with an unknown policy is not converted, so its other values wait for the next run.
+    bad["routes"][0]["policy"] = "cost"
+    problems = problems_of(bad)
+    assert "routes[0].retries.attempts: must be at least 1" in problems
+    assert "routes[0].slo.ttft_ms: must be positive" in problems

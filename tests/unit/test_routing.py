@@ -1,11 +1,14 @@
-"""Route table lookups and the policies that order a route's backends."""
+"""Route table lookups, health state, and the simplest policies (the rest: test_policies.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.config import POLICY_NAMES, RouteConfig, StatsConfig
 from gateway.routing.health import HealthState
+from gateway.routing.interfaces import BackendStats, Policy, RequestFeatures
 from gateway.routing.policies import FirstHealthyPolicy, RoundRobinPolicy, make_policy
+from gateway.routing.stats import LocalStats
 from gateway.routing.table import Route, RouteTable
 
 from .fakes import FakeBackend, make_backend
@@ -15,10 +18,6 @@ A, B, C = make_backend("a", model="model-a"), make_backend("b", model="model-b")
 
 def route(model: str, *backends: FakeBackend) -> Route:
     return Route(model=model, backends=backends, policy=FirstHealthyPolicy())
-
-
-def names(backends: list[FakeBackend]) -> list[str]:
-    return [b.name for b in backends]
 
 
 def test_exact_route_wins_over_an_earlier_glob() -> None:
@@ -66,44 +65,52 @@ def test_model_names_exact_then_backends_behind_globs_without_duplicates() -> No
     assert table.model_names() == ["alias", "model-b", "model-a"]
 
 
-# -- policies --------------------------------------------------------------------------------------
+# -- policies ------------------------------------------------------------------------------------
 
 
-def test_first_healthy_keeps_config_order_and_skips_unhealthy() -> None:
-    health = HealthState()
+class NoStats(LocalStats):
+    """Live statistics with nothing observed: the simple policies never need more."""
+
+    def get(self, backend: str) -> BackendStats:
+        return BackendStats()
+
+
+REQUEST = RequestFeatures("chat", {"messages": [{"role": "user", "content": "hi"}]})
+
+
+def ranked(policy: Policy, candidates: list[FakeBackend]) -> list[str]:
+    return [choice.backend.name for choice in policy.rank(candidates, REQUEST, NoStats())]  # type: ignore[arg-type]
+
+
+def test_first_healthy_keeps_config_order_of_the_available_candidates() -> None:
     policy = FirstHealthyPolicy()
-    assert names(policy.order([A, B, C], health)) == ["a", "b", "c"]
-    health.mark("a", False, "refused")
-    assert names(policy.order([A, B, C], health)) == ["b", "c"]
-    health.mark("a", True)
-    assert names(policy.order([A, B, C], health)) == ["a", "b", "c"]
-    for backend in (A, B, C):
-        health.mark(backend.name, False)
-    assert policy.order([A, B, C], health) == []
+    assert ranked(policy, [A, B, C]) == ["a", "b", "c"]
+    assert ranked(policy, [B, C]) == ["b", "c"]  # the dispatcher leaves unavailable ones out
+    assert ranked(policy, []) == []
+    reasons = [c.reason for c in policy.rank([A, B], REQUEST, NoStats())]  # type: ignore[list-item, arg-type]
+    assert reasons == ["first_healthy: first available in config order", "first_healthy fallback: #2 in config order"]
 
 
-def test_round_robin_rotates_the_start_over_healthy_backends() -> None:
-    health = HealthState()
+def test_round_robin_rotates_the_start_over_the_candidates() -> None:
     policy = RoundRobinPolicy()
-    orders = [names(policy.order([A, B, C], health)) for _ in range(4)]
+    orders = [ranked(policy, [A, B, C]) for _ in range(4)]
     assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
-    health.mark("b", False)
-    orders = [names(policy.order([A, B, C], health)) for _ in range(2)]
+    orders = [ranked(policy, [A, C]) for _ in range(2)]
     assert sorted(map(tuple, orders)) == [("a", "c"), ("c", "a")]
-    for backend in (A, C):
-        health.mark(backend.name, False)
-    assert policy.order([A, B, C], health) == []
+    assert ranked(policy, []) == []
 
 
-def test_make_policy_gives_fresh_instances() -> None:
-    first, second = make_policy("round_robin"), make_policy("round_robin")
+def test_make_policy_gives_fresh_instances_for_every_configured_name() -> None:
+    route, stats = RouteConfig(model="m", backends=["a", "b"]), StatsConfig()
+    first, second = make_policy("round_robin", route, stats), make_policy("round_robin", route, stats)
     assert first is not second
-    health = HealthState()
-    assert names(first.order([A, B], health)) == ["a", "b"]
-    assert names(second.order([A, B], health)) == ["a", "b"]  # its own counter
-    assert isinstance(make_policy("first_healthy"), FirstHealthyPolicy)
-    with pytest.raises(ValueError):
-        make_policy("random")
+    assert ranked(first, [A, B]) == ["a", "b"]
+    assert ranked(second, [A, B]) == ["a", "b"]  # its own counter
+    assert isinstance(make_policy("first_healthy", route, stats), FirstHealthyPolicy)
+    for name in POLICY_NAMES:
+        assert make_policy(name, route, stats).name == name
+    with pytest.raises(ValueError, match="unknown policy 'random'"):
+        make_policy("random", route, stats)
 
 
 def test_health_state_reasons() -> None:

@@ -26,25 +26,39 @@ def test_decayed_mean_weights_recent_samples_more() -> None:
     mean = DecayedMean()
     mean.add(1.0, 0.0, 10.0)
     mean.add(3.0, 10.0, 10.0)  # the first sample now weighs half
-    assert mean.value == pytest.approx((0.5 * 1 + 3) / 1.5)
+    assert mean.mean == pytest.approx((0.5 * 1 + 3) / 1.5)
 
 
 def test_samples_at_one_instant_average_evenly() -> None:
     mean = DecayedMean()
     for value in (1.0, 2.0, 3.0):
         mean.add(value, 5.0, 10.0)
-    assert mean.value == pytest.approx(2.0)
+    assert mean.mean == pytest.approx(2.0)
 
 
-def test_peak_mean_jumps_up_and_decays_down() -> None:
+def test_a_peak_is_the_value_at_once_and_fades_back_to_the_mean_without_samples() -> None:
     mean = DecayedMean(peak=True)
     for t in range(10):
         mean.add(1.0, float(t), 10.0)
     mean.add(5.0, 10.0, 10.0)
-    assert mean.value == pytest.approx(5.0)  # one slow answer is enough to be avoided
-    mean.add(1.0, 11.0, 10.0)
-    value = mean.value
-    assert value is not None and 1.0 < value < 5.0  # recovery blends in
+    assert mean.value_at(10.0, 10.0) == pytest.approx(5.0)  # one slow answer is enough to be avoided
+    plain = mean.mean
+    assert plain is not None and 1.0 < plain < 2.0
+    # The excess halves every 2.5 s (a quarter of the half-life), sampled or not.
+    assert mean.value_at(12.5, 10.0) == pytest.approx(plain + (5.0 - plain) / 2)
+    faded = mean.value_at(40.0, 10.0)
+    assert faded is not None and faded - plain < 0.01
+    mean.add(3.0, 40.0, 10.0)  # above the faded value: a new peak
+    assert mean.value_at(40.0, 10.0) == pytest.approx(3.0)
+
+
+def test_a_sample_below_the_value_leaves_the_peak_fading() -> None:
+    mean = DecayedMean(peak=True)
+    mean.add(1.0, 0.0, 10.0)
+    mean.add(4.0, 1.0, 10.0)
+    mean.add(1.0, 1.0, 10.0)
+    value = mean.value_at(1.0, 10.0)
+    assert value == pytest.approx(4.0)
 
 
 def test_decayed_count_halves_every_half_life() -> None:
@@ -80,7 +94,7 @@ def test_non_stream_tpot_uses_the_ttft_mean() -> None:
     stats.finished("a", ok=True, e2e_s=1.5, ttft_s=0.5, output_tokens=11)
     stats.started("a")
     stats.finished("a", ok=True, e2e_s=2.5, ttft_s=None, output_tokens=11)
-    assert stats.get("a").tpot_s == pytest.approx(0.2)  # peak: (2.5 - 0.5) / 10
+    assert stats.get("a").tpot_s == pytest.approx(0.2)  # the peak: (2.5 - 0.5) / 10
 
 
 def test_in_flight_never_goes_negative_and_load_is_reported() -> None:
@@ -107,3 +121,14 @@ def test_a_request_that_is_no_sample_only_lowers_in_flight() -> None:
     stats.finished("a", ok=None, e2e_s=0.001, ttft_s=None, output_tokens=None)
     got = stats.get("a")
     assert got.in_flight == 0 and got.samples == 0 and got.e2e_s is None
+
+
+def test_the_engines_counts_lose_the_gateways_own_requests() -> None:
+    from gateway.routing.load_monitor import others_load
+
+    load = BackendLoad(running=3, waiting=2, capacity=4, kv_cache_usage=0.3)
+    assert others_load(load, 0) == load
+    assert others_load(load, 2) == BackendLoad(running=1, waiting=2, capacity=4, kv_cache_usage=0.3)
+    assert others_load(load, 4) == BackendLoad(running=0, waiting=1, capacity=4, kv_cache_usage=0.3)
+    assert others_load(load, 9) == BackendLoad(running=0, waiting=0, capacity=4, kv_cache_usage=0.3)
+    assert others_load(BackendLoad(), 3) == BackendLoad()

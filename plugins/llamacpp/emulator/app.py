@@ -23,6 +23,7 @@ from plugins.emulation.openai_wire import (
     json_response,
     stops,
     stream_answer,
+    trailing_assistant,
     whole_answer,
 )
 from plugins.emulation.runtime import control_routes
@@ -136,15 +137,17 @@ class LlamaCppEmulator:
         if failed is not None:
             return failed
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        # --prefill-assistant is on by default: a trailing assistant message is continued, not answered.
+        prefill = (trailing_assistant(body["messages"]) or "") if kind == "chat" else ""
         try:
             async with self.runtime.slot():
-                gen = generate(self.runtime, prompt, max_tokens, stops(body.get("stop")))
+                gen = generate(self.runtime, prompt, max_tokens, stops(body.get("stop")), prefill)
                 temperature = body.get("temperature")
                 slot = self.slots.take(prompt_tokens, max_tokens if isinstance(max_tokens, int) else -1,
                                        stream=bool(body.get("stream")),
                                        temperature=float(temperature) if temperature is not None else 0.8)
                 try:
-                    return await self._answer(request, kind, body, gen, prompt, slot)
+                    return await self._answer(request, kind, body, gen, prompt, slot, prefill)
                 finally:
                     if slot is not None:
                         slot.busy = False  # the slot keeps its prompt (the cache) once idle
@@ -159,7 +162,7 @@ class LlamaCppEmulator:
         self.totals["n_tokens_max"] = max(self.totals["n_tokens_max"], gen.prompt_tokens + len(gen.tokens))
 
     async def _answer(self, request: web.Request, kind: str, body: dict[str, Any], gen: Generation, prompt: str,
-                      slot: Slot | None) -> web.StreamResponse:
+                      slot: Slot | None, prefill: str = "") -> web.StreamResponse:
         model = self.args.alias  # llama-server answers with its alias whatever the request names
         tpot = self.runtime.knobs.tpot_ms
         if body.get("stream"):
@@ -171,7 +174,7 @@ class LlamaCppEmulator:
             if slot is not None:
                 slot.n_decoded += 1
         if kind == "chat":
-            payload = wire.chat_body(model, gen, tpot)
+            payload = wire.chat_body(model, gen, tpot, prefill)
         else:
             payload = wire.completion_body(model, gen, (prompt if body.get("echo") else "") + gen.text, tpot)
         return await whole_answer(request, self.runtime, payload, wire.JSON_CONTENT_TYPE)

@@ -63,11 +63,12 @@ def usage(prompt: int, completion: int) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
-def chat_body(model: str, gen: Generation, tpot_ms: float) -> dict[str, Any]:
+def chat_body(model: str, gen: Generation, tpot_ms: float, prefill: str = "") -> dict[str, Any]:
+    """A whole chat answer; a continued assistant message comes back whole, prefill included (as observed)."""
     n = len(gen.tokens)
     return {
         "choices": [{"finish_reason": finish_of(gen), "index": 0,
-                     "message": {"role": "assistant", "content": gen.text}}],
+                     "message": {"role": "assistant", "content": prefill + gen.text}}],
         "created": int(time.time()), "model": model, "system_fingerprint": FINGERPRINT, "object": "chat.completion",
         "usage": usage(gen.prompt_tokens, n), "id": new_id(), "timings": timings(gen.prompt_tokens, n, tpot_ms),
     }

@@ -142,7 +142,10 @@ class OllamaEmulator:
             if answer is None and req.format not in (None, ""):
                 answer = json_answer(self.runtime.model, prompt, req.format)
             if answer is None:
-                answer = text_answer(self.runtime.model, prompt, num_predict, stop)
+                # A final assistant message is a prefill (ChatHandler's "chat prefill"; the renderers and
+                # the library's templates leave that turn open): the model continues it.
+                prefill = req.messages[-1].content if req.messages[-1].role == "assistant" else ""
+                answer = text_answer(self.runtime.model, prompt, num_predict, stop, prefill)
 
             def chunk(piece: str, tool_calls: Any) -> ChatResponse:
                 return ChatResponse(model=req.model, created_at=out.now(),

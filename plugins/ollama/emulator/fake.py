@@ -39,10 +39,12 @@ def _done_reason(generation: Generation) -> str:
     return "length" if generation.finish == "length" else "stop"
 
 
-def text_answer(model: FakeModel, prompt: str, num_predict: int | None, stop: list[str] | None) -> Answer:
-    """The fake model's reply; `num_predict` None or negative means no limit (api.DefaultOptions: -1)."""
+def text_answer(model: FakeModel, prompt: str, num_predict: int | None, stop: list[str] | None,
+                prefill: str = "") -> Answer:
+    """The fake model's reply (or its continuation after `prefill`); `num_predict` None or negative
+    means no limit (api.DefaultOptions: -1)."""
     limit = num_predict if num_predict is not None and num_predict >= 0 else None
-    generation = model.generate(prompt, max_tokens=limit, stop=stop)
+    generation = model.generate(prompt, max_tokens=limit, stop=stop, prefill=prefill)
     return Answer(generation.tokens, _done_reason(generation), max(generation.prompt_tokens, 1),
                   len(generation.tokens))
 

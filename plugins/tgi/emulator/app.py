@@ -115,11 +115,11 @@ class TGIEmulator:
             "x-prompt-tokens": str(run.input_length), "x-generated-tokens": str(len(run.tokens)),
         }
 
-    def _run(self, p: Parameters, prompt: str, input_length: int, sampling: bool) -> bodies.Run:
+    def _run(self, p: Parameters, prompt: str, input_length: int, sampling: bool, prefill: str = "") -> bodies.Run:
         return bodies.generate(
             self.runtime.model, self.runtime.knobs.reply.split(), prompt=prompt, input_length=input_length,
             max_new_tokens=p.max_new_tokens, stop=p.stop, top_n=p.top_n_tokens or 0, sampling=sampling,
-            seed=p.seed,
+            seed=p.seed, prefill=prefill,
         )
 
     async def _paced(self, run: bodies.Run) -> None:
@@ -283,7 +283,8 @@ class TGIEmulator:
                 return await self._sse_error(request, len(prompt),
                                              bodies.chat_error_event(f"Input validation error: {err}"), done=True)
             return _json(bodies.error(f"Input validation error: {err}", "validation"), 422)
-        run = self._run(p, prompt, valid.input_length, valid.sampling)
+        prefill = (tok.assistant_prefill(chat.messages) or "").rstrip()  # trimmed with the render
+        run = self._run(p, prompt, valid.input_length, valid.sampling, prefill)
         if chat.stream:
             def event(i: int) -> bytes:
                 return _event(bodies.chat_chunk(run, i, model=model, fingerprint=fingerprint, logprobs=logprobs))

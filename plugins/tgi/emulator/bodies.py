@@ -41,9 +41,10 @@ class Run:
 
 
 def generate(model: FakeModel, vocabulary: list[str], *, prompt: str, input_length: int,
-             max_new_tokens: int | None, stop: list[str], top_n: int, sampling: bool, seed: int | None) -> Run:
+             max_new_tokens: int | None, stop: list[str], top_n: int, sampling: bool, seed: int | None,
+             prefill: str = "") -> Run:
     """Run the fake model the way TGI stops: after EOS, at max_new_tokens, or after a stop sequence."""
-    generation = model.generate(prompt, max_tokens=max_new_tokens, stop=stop or None)
+    generation = model.generate(prompt, max_tokens=max_new_tokens, stop=stop or None, prefill=prefill)
     tokens = [tok.token(t) for t in generation.tokens]
     if generation.finish == "stop" and generation.stop_sequence is not None:
         tokens.append(tok.token(generation.stop_sequence))  # TGI keeps the stop sequence in the text

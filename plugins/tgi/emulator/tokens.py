@@ -79,4 +79,16 @@ def message_text(message: ChatMessage) -> str:
 def chat_template(messages: list[ChatMessage]) -> str:
     """A Zephyr-style template with the generation prompt added, as TGI renders one."""
     rendered = "".join(f"<|{m.role}|>\n{message_text(m)}</s>\n" for m in messages)
+    prefill = assistant_prefill(messages)
+    if prefill is not None:
+        # ChatTemplate::apply: a final assistant message is continued, the render cut (and
+        # trimmed) right after its content.
+        return rendered[: rendered.rfind(prefill) + len(prefill)].rstrip()
     return rendered + "<|assistant|>\n"
+
+
+def assistant_prefill(messages: list[ChatMessage]) -> str | None:
+    """The text TGI (3.0 and later) continues when the last message is the assistant's, else None."""
+    if not messages or messages[-1].role != "assistant":
+        return None
+    return message_text(messages[-1])

@@ -24,6 +24,7 @@ from plugins.emulation.openai_wire import (
     new_id,
     stops,
     stream_answer,
+    trailing_assistant,
     whole_answer,
 )
 from plugins.emulation.runtime import control_routes
@@ -113,9 +114,14 @@ class VLLMEmulator:
         failed = await fault_before_answer(request, self.runtime, wire.error_response)
         if failed is not None:
             return failed
+        # continue_final_message: the last (assistant) message is left open and continued; without
+        # it the template starts a new assistant turn after it.
+        prefill = ""
+        if kind == "chat" and body.get("continue_final_message") and not body.get("add_generation_prompt", True):
+            prefill = trailing_assistant(body["messages"]) or ""
         try:
             async with self.runtime.slot():
-                gen = generate(self.runtime, prompt, max_tokens, stops(body.get("stop")))
+                gen = generate(self.runtime, prompt, max_tokens, stops(body.get("stop")), prefill)
                 held = prompt_tokens + len(gen.tokens)
                 self.kv_held += held
                 try:

@@ -1,0 +1,183 @@
+"""Writes an accepted stream to the client, keeps its books, and resumes it when a backend dies.
+
+Each batch of events goes out the moment it arrives. On the way the relay counts content
+chunks (the time of the first is the backend's time to first token, not its response
+headers) and, on routes with `resume: true`, follows the text sent so far. When the backend
+fails after the first byte, a resumable stream continues on another backend from that text
+(`gateway/routing/resume.py`); otherwise, or if no backend can continue it, the client gets an
+explicit SSE error event and no `[DONE]`, never a silent cut that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.api.asgi_io import Send
+from gateway.api.disconnect import DisconnectWatch
+from gateway.api.model_rename import ModelRenamer
+from gateway.api.usage import StreamTally
+from gateway.errors import GatewayError
+from gateway.routing.cost import request_cost_usd
+from gateway.routing.dispatcher import StreamResult
+from gateway.routing.interfaces import Policy, RequestFeatures
+from gateway.routing.resume import ResumedStreamRewriter, StreamProgress, continuation_request
+from gateway.routing.table import Route
+from gateway.schemas import RequestKind
+
+if TYPE_CHECKING:
+    from gateway.state import GatewayState
+
+log = logging.getLogger("gateway.api")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+MAX_RESUMES = 2  # continuations per stream: a third failure ends it with an error event
+_INTERNAL = GatewayError(500, "internal gateway error; see the gateway's logs", type="api_error",
+                         code="internal_error")
+
+
+class StreamRelay:
+    """One streaming response, from its first backend to `data: [DONE]` or an error event."""
+
+    def __init__(
+        self,
+        state: GatewayState,
+        route: Route,
+        kind: RequestKind,
+        features: RequestFeatures,
+        policy: Policy,
+        client_model: str,
+        started: float,
+    ) -> None:
+        self.state = state
+        self.route = route
+        self.kind = kind
+        self.features = features
+        self.policy = policy
+        self.rename = ModelRenamer(client_model)
+        self.started = started
+        self.progress = StreamProgress() if route.config.resume and kind != "embedding" else None
+        self.cost_usd = 0.0
+
+    def estimate_cost(self, result: StreamResult) -> float:
+        """The cost known when the stream starts: the prompt, and the output it may run to."""
+        backend = result.backend
+        stats = self.state.routing.stats.get(backend.name)
+        expected = self.features.max_output_tokens or round(stats.output_tokens or 0)
+        return request_cost_usd(backend.config, stats, self.features.input_tokens, expected)
+
+    async def run(self, send: Send, result: StreamResult, request_id: bytes, watch: DisconnectWatch) -> None:
+        """Send the response: headers, every event, then the end of the body."""
+        try:
+            await self._start(send, result, request_id)
+        except BaseException:
+            result.finish(ok=None)
+            await result.stream.aclose()
+            raise
+        failed: list[str] = []
+        rewrite: Callable[[bytes], bytes] | None = None
+        while True:
+            error = await self._segment(send, result, rewrite, request_id)
+            if error is None:
+                break
+            failed.append(result.backend.name)
+            progress = self.progress
+            if progress is not None and progress.finished and not progress.done:
+                # Every choice had finished: only the end marker was lost, and that is ours to send.
+                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+                break
+            resumed = await self._resume(failed) if len(failed) <= MAX_RESUMES else None
+            if resumed is None:
+                await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+                break
+            result = resumed
+            assert progress is not None
+            rewrite = ResumedStreamRewriter(self.kind, progress).rewrite
+        watch.finish()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _start(self, send: Send, result: StreamResult, request_id: bytes) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                *SSE_HEADERS,
+                (b"x-gateway-backend", result.backend.name.encode()),
+                (b"x-gateway-route-reason", result.reason.encode("ascii", "replace")),
+                # A stream's price is known only at its end: the header is the estimate at dispatch,
+                # the cost metric gets the counted one.
+                (b"x-gateway-cost-usd", f"{self.estimate_cost(result):.8f}".encode()),
+                (b"x-request-id", request_id),
+            ],
+        })
+
+    async def _segment(
+        self, send: Send, result: StreamResult, rewrite: Callable[[bytes], bytes] | None, request_id: bytes
+    ) -> GatewayError | None:
+        """Relay one backend's events; the error that ended them early, or None when complete."""
+        state, backend = self.state, result.backend
+        tally = StreamTally()
+        ttft_s: float | None = None
+        progress, rename = self.progress, self.rename
+        outcome: bool | None = None
+        try:
+            events = result.first
+            iterator = result.rest
+            while True:
+                if rewrite is not None:
+                    events = rewrite(events)
+                if progress is not None:
+                    progress.feed(events)
+                if tally.feed(events) and ttft_s is None:
+                    ttft_s = state.dispatcher.elapsed_since(result.sent_at)
+                    state.routing.stats.first_token(backend.name, ttft_s)
+                    state.metrics.observe_ttft(self.route.model, backend.name, time.perf_counter() - self.started)
+                if events:
+                    await send({"type": "http.response.body", "body": rename(events), "more_body": True})
+                try:
+                    events = await anext(iterator)
+                except StopAsyncIteration:
+                    outcome = True
+                    return None
+        except Exception as exc:
+            outcome = False
+            # Headers are gone: the only way left to tell the client is an error event.
+            err = exc if isinstance(exc, GatewayError) else _INTERNAL
+            if not isinstance(exc, GatewayError):
+                log.exception("unexpected error streaming request %s", request_id.decode())
+            log.warning("stream from %s failed after its first byte: %s", backend.name, err.message)
+            state.metrics.observe_stream_error(self.route.model, backend.name)
+            return err
+        finally:
+            # None (the client went away) unless the loop above decided.
+            result.finish(ok=outcome, output_tokens=tally.output_tokens or None, ttft_s=ttft_s)
+            await result.stream.aclose()
+            prompt = tally.usage.prompt_tokens if tally.usage is not None else self.features.input_tokens
+            cost = request_cost_usd(backend.config, state.routing.stats.get(backend.name), prompt,
+                                    tally.output_tokens)
+            state.metrics.observe_cost(self.route.model, backend.name, self.features.tenant, cost)
+            self.cost_usd += cost
+
+    async def _resume(self, failed: list[str]) -> StreamResult | None:
+        """The stream continued on another backend, or None when none can (or resume is off)."""
+        progress = self.progress
+        if progress is None or progress.done or progress.unsupported is not None:
+            return None
+        try:
+            result = await self.state.dispatcher.open_stream(
+                self.route, self.kind, self.features, policy=self.policy, exclude=failed,
+                body_for=lambda backend: continuation_request(self.kind, self.features.body, progress, backend),
+            )
+        except GatewayError as err:
+            log.warning("stream could not be resumed after %s failed: %s", ", ".join(failed), err.message)
+            self.state.metrics.observe_resume(self.route.model, "failed")
+            return None
+        log.info("stream resumed on %s after %s failed", result.backend.name, ", ".join(failed))
+        self.state.metrics.observe_resume(self.route.model, "resumed")
+        return result
