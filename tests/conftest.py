@@ -26,6 +26,7 @@ from gateway_process import (
     StartupError,
 )
 from gateway_process import free_port as _free_port
+from redis_fixtures import redis_server  # noqa: F401  (a real redis-server per test)
 
 # Processes alive right now, so a failing test's report can show their recent logs.
 _LIVE: list[ManagedSubprocess] = []

@@ -188,6 +188,10 @@ class GatewayProcess(ManagedSubprocess):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {**config, "server": {"host": "127.0.0.1", **config.get("server", {})}}
+        # Tests share one gateway across cases that each inject a fault: a breaker left open by
+        # the previous case would answer for the backend. Unless a test is about breakers (and
+        # says so with its own `routing:`), each request starts from a breaker that lets it try.
+        config.setdefault("routing", {"breaker": {"open_s": 0.001, "max_open_s": 0.001}})
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.config_path = workdir / f"{name}.yaml"

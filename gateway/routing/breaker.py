@@ -71,6 +71,10 @@ class BreakerRecord:
         self.probe_until = now + lease_s
         return True
 
+    def release_probe(self) -> None:
+        """The probe's request ended with no outcome: the next request may probe."""
+        self.probe_until = 0.0
+
     def record(self, now: float, *, ok: bool, hard: bool, config: BreakerConfig) -> None:
         if ok:
             self.opened = False
@@ -131,6 +135,11 @@ class LocalBreakers:
     async def acquire_probe(self, backend: str) -> bool:
         record = self._records.get(backend)
         return record.claim_probe(self.clock(), self.probe_lease_s) if record is not None else True
+
+    def release_probe(self, backend: str) -> None:
+        record = self._records.get(backend)
+        if record is not None:
+            record.release_probe()
 
     def record(self, backend: str, *, ok: bool, hard: bool = False) -> None:
         if ok and backend not in self._records:

@@ -221,6 +221,7 @@ class Dispatcher:
         retries = route.config.retries
         failures: list[tuple[str, GatewayError]] = []
         waiting: dict[str, float] = {}  # backends passed over because their 429 asked for a longer wait
+        timed_out: set[str] = set()
         attempts, round_number = 0, 0
         while attempts < retries.attempts:
             progressed = False
@@ -229,8 +230,8 @@ class Dispatcher:
                     break
                 backend = choice.backend
                 name = backend.name
-                if round_number > 0 and self._unavailable_reason(backend) is not None:
-                    continue
+                if round_number > 0 and (name in timed_out or self._unavailable_reason(backend) is not None):
+                    continue  # a backend that timed out already cost the client its time limit once
                 if passes_over is not None and passes_over(backend):
                     continue
                 wait = self._throttled_until.get(name, 0.0) - self._timer()
@@ -239,7 +240,8 @@ class Dispatcher:
                     continue
                 if round_number > 0 or wait > 0:
                     await self._sleep(max(wait, self._backoff(retries, round_number) if round_number else 0.0))
-                if self.breakers.admission(name) == "probe" and not await self.breakers.acquire_probe(name):
+                probing = self.breakers.admission(name) == "probe"
+                if probing and not await self.breakers.acquire_probe(name):
                     continue  # another request (or replica) is probing it
                 attempts += 1
                 progressed = True
@@ -250,12 +252,19 @@ class Dispatcher:
                     result = await try_one(backend, sent_at)
                 except GatewayError as err:
                     if err.status < 500 and not _throttled(err):
+                        self.breakers.record(name, ok=True)  # it answered: alive, whatever the request's fault
                         self._release(name, None, sent_at, None, None)
                         raise  # the request's own fault: another backend would refuse it too
+                    if probing and _throttled(err):
+                        self.breakers.release_probe(name)  # busy, not broken: no verdict on the probe
                     self._failed(name, err, sent_at)
                     failures.append((name, err))
+                    if err.status == 504:
+                        timed_out.add(name)
                     continue
                 except BaseException:
+                    if probing:
+                        self.breakers.release_probe(name)
                     self._release(name, None, sent_at, None, None)  # the client went away
                     raise
                 if failures:

@@ -101,6 +101,11 @@ class Breakers(Protocol):
         """An attempt's outcome. `hard` failures (connection refused) open the breaker at once."""
         ...
 
+    def release_probe(self, backend: str) -> None:
+        """Give back a claimed probe whose request ended without an outcome (the client hung up),
+        so the next request can probe instead of waiting out the claim's lease."""
+        ...
+
 
 class RequestFeatures:
     """Facts about one request that policies use, computed only when first asked for."""

@@ -167,6 +167,12 @@ end
 return {granted, opened, failures, fmt(open_until), fmt(open_s), fmt(probe_until)}
 """
 
+# KEYS: breaker hash. A claimed probe whose request ended without an outcome is given back.
+BREAKER_RELEASE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'probe_until', '0') end
+return 1
+"""
+
 # KEYS: replicas sorted set, then every in-flight hash. ARGV: cutoff clock time.
 # Forgets replicas last seen before the cutoff, with their in-flight counts.
 PRUNE = """
@@ -185,6 +191,7 @@ SCRIPTS: dict[str, str] = {
     "finished": FINISHED,
     "breaker_record": BREAKER_RECORD,
     "breaker_probe": BREAKER_PROBE,
+    "breaker_release": BREAKER_RELEASE,
     "prune": PRUNE,
 }
 

@@ -87,6 +87,9 @@ class SharedBreakers:
     def record(self, backend: str, *, ok: bool, hard: bool = False) -> None:
         self._state.record(backend, ok=ok, hard=hard)
 
+    def release_probe(self, backend: str) -> None:
+        self._state.release_probe(backend)
+
 
 def describe_redis_url(url: str) -> str:
     """`redis at host:port` (never the password)."""
@@ -451,6 +454,15 @@ class RedisRoutingState:
         self._queue("breaker_record", self.keys.breaker(backend), (
             now, 1 if ok else 0, 1 if hard else 0, breaker.failures, breaker.open_s, breaker.max_open_s,
         ))
+
+    def release_probe(self, backend: str) -> None:
+        self._know(backend)
+        self.local_breakers.release_probe(backend)
+        mirrored = self._mirror_breakers.get(backend)
+        if mirrored is not None:
+            mirrored.release_probe()
+        self._breaker_epoch[backend] = self._breaker_epoch.get(backend, 0) + 1
+        self._queue("breaker_release", self.keys.breaker(backend), ())
 
     async def acquire_probe(self, backend: str) -> bool:
         """Claim the probe in Redis, so one replica's request probes per window; on local state

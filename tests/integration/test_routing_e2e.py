@@ -236,7 +236,7 @@ def test_two_gateways_on_one_redis_agree_on_breakers_and_in_flight(tmp_path: Pat
     with RedisServer() as redis, emulators(tmp_path, "a", "b") as backends:
         backends["a"].knobs(ttft_ms=4000)  # holds streams open
         routes = [{"model": MODEL, "backends": ["a", "b"]}, {"model": "b-first", "backends": ["b", "a"]}]
-        config = gateway_config(backends, routes, redis={"url": redis.url})
+        config = gateway_config(backends, routes, redis={"url": redis.url}, routing={"breaker": {"open_s": 30}})
         with gateway(config, tmp_path, "gw1") as gw1, gateway(config, tmp_path, "gw2") as gw2:
             stop = threading.Event()
 

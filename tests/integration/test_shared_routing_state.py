@@ -26,8 +26,6 @@ from gateway.config import BreakerConfig, RoutingConfig, StatsConfig, parse_conf
 from gateway.routing.shared import LocalRoutingState, RedisRoutingState, RoutingState, make_routing_state
 from gateway.routing.stats import LocalStats
 
-pytest_plugins = ["redis_fixtures"]  # the `redis_server` fixture
-
 BACKENDS = ["b1", "b2"]
 
 
@@ -187,7 +185,7 @@ async def test_samples_on_one_replica_shape_the_others_stats(
 
 async def test_a_dead_replicas_in_flight_is_dropped(redis_server: RedisServer, replicas: ReplicaFactory) -> None:
     child = textwrap.dedent(f"""
-        import asyncio, sys
+        import asyncio
         from gateway.config import RoutingConfig
         from gateway.routing.shared import RedisRoutingState
 
@@ -211,7 +209,7 @@ async def test_a_dead_replicas_in_flight_is_dropped(redis_server: RedisServer, r
                                                    stdout=asyncio.subprocess.PIPE)
     try:
         assert process.stdout is not None
-        assert (await asyncio.wait_for(process.stdout.readline(), 8)).strip() == b"ready"
+        assert (await asyncio.wait_for(process.stdout.readline(), 30)).strip() == b"ready"
         await until(lambda: observer.stats.get("b1").in_flight == 2, what="the child's requests")
     finally:
         process.kill()  # it crashes: it never withdraws its counts
