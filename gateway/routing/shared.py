@@ -49,8 +49,8 @@ class LocalRoutingState:
     shared: bool = False
 
     def __init__(self, config: RoutingConfig, clock: Clock = time.time) -> None:
-        self.stats = LocalStats(config.stats.half_life_s, clock)
-        self.breakers = LocalBreakers(config.breaker, clock)
+        self.stats: RoutingStats = LocalStats(config.stats.half_life_s, clock)
+        self.breakers: Breakers = LocalBreakers(config.breaker, clock)
 
     @property
     def shared_ok(self) -> bool:

@@ -61,7 +61,7 @@ class SharedStats:
         self._state.first_token(backend, ttft_s)
 
     def finished(
-        self, backend: str, *, ok: bool, e2e_s: float, ttft_s: float | None, output_tokens: int | None
+        self, backend: str, *, ok: bool | None, e2e_s: float, ttft_s: float | None, output_tokens: int | None
     ) -> None:
         self._state.finished(backend, ok=ok, e2e_s=e2e_s, ttft_s=ttft_s, output_tokens=output_tokens)
 
@@ -410,12 +410,14 @@ class RedisRoutingState:
         self._queue("first_token", self.keys.stats(backend), (self.clock(), self.config.stats.half_life_s, ttft_s))
 
     def finished(
-        self, backend: str, *, ok: bool, e2e_s: float, ttft_s: float | None, output_tokens: int | None
+        self, backend: str, *, ok: bool | None, e2e_s: float, ttft_s: float | None, output_tokens: int | None
     ) -> None:
         self._know(backend)
         self.local_stats.finished(backend, ok=ok, e2e_s=e2e_s, ttft_s=ttft_s, output_tokens=output_tokens)
         self._own[backend] = max(0, self._own[backend] - 1)
         self._dirty.add(backend)
+        if ok is None:
+            return  # no sample (the client's fault, or it hung up): only the in-flight count changes
         self._queue("finished", self.keys.stats(backend), (
             self.clock(), self.config.stats.half_life_s, 1 if ok else 0, e2e_s,
             "" if ttft_s is None else ttft_s, "" if output_tokens is None else output_tokens,

@@ -68,7 +68,7 @@ class DecayedMean:
         mean = self.mean
         if mean is None or not self.peaked or self.peak <= mean:
             return mean
-        fade = 0.5 ** (max(0.0, now - self.peak_at) / (half_life_s * PEAK_FADE))
+        fade: float = 0.5 ** (max(0.0, now - self.peak_at) / (half_life_s * PEAK_FADE))
         return mean + (self.peak - mean) * fade
 
 
@@ -88,7 +88,8 @@ class DecayedCount:
     def read(self, now: float, half_life_s: float) -> float:
         if self.count == 0.0:
             return 0.0
-        return self.count * 0.5 ** (max(0.0, now - self.at) / half_life_s)
+        decay: float = 0.5 ** (max(0.0, now - self.at) / half_life_s)
+        return self.count * decay
 
 
 class _BackendRecord:

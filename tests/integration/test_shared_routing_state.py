@@ -332,3 +332,19 @@ async def test_make_routing_state_picks_redis_only_when_configured() -> None:
     assert shared.shared and not shared.shared_ok
     assert shared.describe() == f"redis at 127.0.0.1:{port}"
     await shared.aclose()  # never started: nothing to do
+
+
+async def test_a_request_that_is_no_sample_only_lowers_in_flight(
+    redis_server: RedisServer, replicas: ReplicaFactory
+) -> None:
+    a, b = replicas(redis_server.url, "a"), replicas(redis_server.url, "b")
+    await a.start()
+    await b.start()
+    a.stats.started("b1")
+    a.stats.finished("b1", ok=None, e2e_s=0.001, ttft_s=None, output_tokens=None)  # a hang-up, a 4xx
+    a.stats.started("b1")
+    a.stats.finished("b1", ok=True, e2e_s=0.5, ttft_s=None, output_tokens=4)
+    await until(lambda: b.stats.get("b1").samples > 0, what="b to see a's finished request")
+    seen = b.stats.get("b1")
+    assert seen.in_flight == 0 and seen.error_rate == 0.0
+    assert seen.samples == pytest.approx(1.0, rel=1e-2)  # one sample, not two
