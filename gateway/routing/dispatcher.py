@@ -13,7 +13,6 @@ The order of work for each request:
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -21,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.backend import Backend, BackendUnavailable, EventStream
-from gateway.errors import GatewayError, backend_timeout, no_healthy_backend, unsupported_parameter
+from gateway.errors import GatewayError, backend_timeout, unsupported_parameter
+from gateway.routing.give_up import give_up, none_available, retry_after_seconds
 from gateway.routing.health import HealthState
 from gateway.routing.interfaces import Policy, RequestFeatures, RouteChoice
 from gateway.routing.policies import make_policy
@@ -188,14 +188,6 @@ class Dispatcher:
             raise self._none_available(skipped)
         return policy.rank(available, features, self.stats), skipped
 
-    def _none_available(self, skipped: list[tuple[str, str]]) -> GatewayError:
-        error = no_healthy_backend(skipped)
-        # Retry when the first open breaker lets a probe through (at least 1 s, as before).
-        waits = [self.breakers.snapshot(name).open_until - self._clock() for name, _ in skipped]
-        soonest = min((w for w in waits if w > 0), default=1.0)
-        error.headers["retry-after"] = str(max(1, math.ceil(soonest)))
-        return error
-
     # -- trying -----------------------------------------------------------------------------
 
     def _backoff(self, retries: RetryConfig, round_number: int) -> float:
@@ -282,7 +274,7 @@ class Dispatcher:
         hard = isinstance(err, BackendUnavailable) and err.mark_down
         if throttled:
             # Busy is not broken: the breaker stays closed, the backend just waits its turn.
-            seconds = _seconds(err.headers.get("retry-after"))
+            seconds = retry_after_seconds(err.headers.get("retry-after"))
             self._throttled_until[name] = self._timer() + (seconds if seconds is not None else 1.0)
             self._release(name, None, sent_at, None, None)
         else:
@@ -297,39 +289,13 @@ class Dispatcher:
         self._active[name] = max(0, self._active.get(name, 0) - 1)
         self.stats.finished(name, ok=ok, e2e_s=self._timer() - sent_at, ttft_s=ttft_s, output_tokens=output_tokens)
 
+    def _none_available(self, skipped: list[tuple[str, str]]) -> GatewayError:
+        return none_available(skipped, self.breakers, self._clock())
+
     def _give_up(
-        self,
-        failures: list[tuple[str, GatewayError]],
-        skipped: list[tuple[str, str]],
-        waiting: dict[str, float] | None = None,
+        self, failures: list[tuple[str, GatewayError]], skipped: list[tuple[str, str]], waiting: dict[str, float]
     ) -> GatewayError:
-        """The error for a request every candidate failed: one failure as itself, several listed."""
-        tried = {name for name, _ in failures}
-        for name, wait in (waiting or {}).items():
-            if name not in tried:
-                failures.append((name, GatewayError(
-                    503, f"asked to be retried in {wait:.1f}s (HTTP 429)", type="api_error",
-                    code="backend_unavailable", headers={"retry-after": str(math.ceil(wait))},
-                )))
-        if not failures:
-            return self._none_available(skipped)
-        tried = {name for name, _ in failures}
-        skipped = [(name, why) for name, why in skipped if name not in tried]
-        distinct: dict[str, GatewayError] = {}
-        for name, err in failures:
-            distinct.setdefault(name, err)  # a retried backend is listed once, with its first error
-        if len(distinct) == 1 and not skipped and failures[-1][1].status in (502, 504):
-            return failures[-1][1]
-        error = no_healthy_backend([(name, _reason(err)) for name, err in distinct.items()] + skipped)
-        waits = [_seconds(err.headers.get("retry-after")) for _, err in failures]
-        if any(w is not None for w in waits):
-            # The longest wait any backend asked for: sooner, every candidate is still refusing.
-            error.headers["retry-after"] = str(max(w for w in waits if w is not None))
-        statuses = {err.status for _, err in failures}
-        if len(statuses) == 1 and (status := statuses.pop()) in (502, 504):
-            error.status = status
-            error.code = "backend_error" if status == 502 else "backend_timeout"
-        return error
+        return give_up(failures, skipped, waiting, self.breakers, self._clock())
 
     # -- the two kinds of request -----------------------------------------------------------
 
@@ -426,17 +392,3 @@ class Dispatcher:
 
         return StreamResult(backend=choice.backend, first=first, rest=rest, stream=stream, reason=choice.reason,
                             sent_at=sent_at, _done=done)
-
-
-def _reason(err: GatewayError) -> str:
-    return err.reason if isinstance(err, BackendUnavailable) else err.message
-
-
-def _seconds(retry_after: str | None) -> int | None:
-    """Retry-After in whole seconds, rounded up; None for a missing or HTTP-date value."""
-    if not retry_after:
-        return None
-    try:
-        return max(0, math.ceil(float(retry_after)))
-    except ValueError:
-        return None

@@ -267,3 +267,44 @@ def test_two_gateways_on_one_redis_agree_on_breakers_and_in_flight(tmp_path: Pat
             assert raw.headers["x-gateway-backend"] == "a"
             # gw2 never tried b: it learned of the open breaker from gw1 through Redis.
             assert value(metrics(gw2), "gateway_backend_attempt_failures_total", backend="b") is None
+
+
+def test_cost_policy_takes_the_cheapest_backend_meeting_the_slo_and_leaves_it_when_it_misses(
+    tmp_path: Path,
+) -> None:
+    with emulators(tmp_path, "cheap", "premium") as backends:
+        backends["cheap"].knobs(ttft_ms=20)
+        backends["premium"].knobs(ttft_ms=5)
+        config = gateway_config(backends, [{"model": MODEL, "backends": ["premium", "cheap"], "policy": "cost",
+                                            "slo": {"ttft_ms": 300}}])
+        prices = {"cheap": {"input_per_mtok": 0.1, "output_per_mtok": 0.2},
+                  "premium": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}}
+        for backend in config["backends"]:
+            backend["cost"] = prices[backend["name"]]
+        with gateway(config, tmp_path) as gw:
+            client = gw.client()
+            reasons: list[str] = []
+
+            def pick() -> str:
+                raw = client.chat.completions.with_raw_response.create(**CHAT, stream=True)
+                for _ in raw.parse():  # the whole stream: its first token is what the SLO is about
+                    pass
+                reasons.append(f"{raw.headers['x-gateway-backend']}: {raw.headers['x-gateway-route-reason']}")
+                return str(raw.headers["x-gateway-backend"])
+
+            for _ in range(6):
+                pick()
+            steady = [pick() for _ in range(20)]
+            assert steady.count("cheap") >= 18, "\n".join(reasons)
+            assert "meets slo ttft<=300ms" in reasons[-1]
+            backends["cheap"].knobs(ttft_ms=600)  # now it misses the SLO
+            before = len(reasons)
+            after = [pick() for _ in range(20)]
+            # The first slow answer is enough: from then on cheap only gets the policy's rare
+            # exploring request (2%), never its pick.
+            first_slow = after.index("cheap") if "cheap" in after else -1
+            assert first_slow <= 1, "\n".join(reasons)
+            later = reasons[before + first_slow + 1:]
+            assert all(r.startswith("premium: cost") or r.startswith("cheap: explore") for r in later), \
+                "\n".join(reasons)
+            assert sum(r.startswith("premium") for r in later) >= len(later) - 2, "\n".join(reasons)
