@@ -12,6 +12,8 @@ import collections
 import concurrent.futures
 import contextlib
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -168,6 +170,13 @@ def test_a_killed_backend_costs_one_attempt_per_breaker_window_and_comes_back(tm
             assert 1 <= failed <= windows + 1, (failed, windows)
             assert served["b"] >= 20 and served["a"] == 0
             assert admin(gw)["a"]["breaker"]["state"] in ("open", "half_open")
+            # The same picture as a table, from the CLI.
+            table = subprocess.run(
+                [sys.executable, "-m", "gateway.cli", "backends", "--config", str(gw.config_path),
+                 "--url", gw.url + "/admin/backends"], capture_output=True, text=True, timeout=60, check=True,
+            ).stdout
+            rows = {line.split()[0]: line for line in table.splitlines() if line.startswith(("a ", "b "))}
+            assert "open" in rows["a"] and "closed" in rows["b"], table
             revived = emulator(tmp_path, "a-again", port=port)
             try:
                 revived.wait_ready()
