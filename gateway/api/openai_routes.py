@@ -23,7 +23,7 @@ from gateway.api.tenant import TenantNamer
 from gateway.api.usage import Usage, read_usage
 from gateway.config import POLICY_NAMES
 from gateway.errors import GatewayError, bad_request, model_not_found
-from gateway.routing.cost import request_cost_usd
+from gateway.routing.cost import has_price, request_cost_usd
 from gateway.routing.interfaces import RequestFeatures
 from gateway.schemas import RequestKind
 
@@ -121,13 +121,15 @@ class OpenAIHandler:
             backend_name = backend.name
             state.metrics.observe_decision(route_name, backend_name, policy.name)
             watch.finish()
-            counts = usage[0]
-            cost = request_cost_usd(
-                backend.config, state.routing.stats.get(backend_name),
-                counts.prompt_tokens if counts is not None else features.input_tokens,
-                counts.completion_tokens if counts is not None else 0,
-            )
-            state.metrics.observe_cost(route_name, backend_name, features.tenant, cost)
+            cost = 0.0
+            if has_price(backend.config):
+                counts = usage[0]
+                cost = request_cost_usd(
+                    backend.config, state.routing.stats.get(backend_name),
+                    counts.prompt_tokens if counts is not None else features.input_tokens,
+                    counts.completion_tokens if counts is not None else 0,
+                )
+                state.metrics.observe_cost(route_name, backend_name, features.tenant, cost)
             headers = [
                 *_JSON_HEADERS,
                 (b"x-gateway-backend", backend_name.encode()),

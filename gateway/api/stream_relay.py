@@ -20,7 +20,7 @@ from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
 from gateway.api.usage import StreamTally
 from gateway.errors import GatewayError
-from gateway.routing.cost import request_cost_usd
+from gateway.routing.cost import has_price, request_cost_usd
 from gateway.routing.dispatcher import StreamResult
 from gateway.routing.interfaces import Policy, RequestFeatures
 from gateway.routing.resume import ResumedStreamRewriter, StreamProgress, continuation_request
@@ -63,11 +63,12 @@ class StreamRelay:
         self.rename = ModelRenamer(client_model)
         self.started = started
         self.progress = StreamProgress() if route.config.resume and kind != "embedding" else None
-        self.cost_usd = 0.0
 
     def estimate_cost(self, result: StreamResult) -> float:
         """The cost known when the stream starts: the prompt, and the output it may run to."""
         backend = result.backend
+        if not has_price(backend.config):
+            return 0.0
         stats = self.state.routing.stats.get(backend.name)
         expected = self.features.max_output_tokens or round(stats.output_tokens or 0)
         return request_cost_usd(backend.config, stats, self.features.input_tokens, expected)
@@ -158,11 +159,11 @@ class StreamRelay:
             # None (the client went away) unless the loop above decided.
             result.finish(ok=outcome, output_tokens=tally.output_tokens or None, ttft_s=ttft_s)
             await result.stream.aclose()
-            prompt = tally.usage.prompt_tokens if tally.usage is not None else self.features.input_tokens
-            cost = request_cost_usd(backend.config, state.routing.stats.get(backend.name), prompt,
-                                    tally.output_tokens)
-            state.metrics.observe_cost(self.route.model, backend.name, self.features.tenant, cost)
-            self.cost_usd += cost
+            if has_price(backend.config):
+                prompt = tally.usage.prompt_tokens if tally.usage is not None else self.features.input_tokens
+                cost = request_cost_usd(backend.config, state.routing.stats.get(backend.name), prompt,
+                                        tally.output_tokens)
+                state.metrics.observe_cost(self.route.model, backend.name, self.features.tenant, cost)
 
     async def _resume(self, failed: list[str]) -> StreamResult | None:
         """The stream continued on another backend, or None when none can (or resume is off)."""

@@ -8,8 +8,6 @@ server the gateway speaks to, and a final usage chunk, when the client asked for
 
 from __future__ import annotations
 
-import re
-
 import msgspec
 
 
@@ -25,8 +23,6 @@ class _WithUsage(msgspec.Struct):
 
 
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
-# A delta or text field with at least one character: a chunk that carries generated text.
-_CONTENT = re.compile(rb'"(?:content|text|reasoning_content)":"(?!")')
 
 
 def read_usage(body: bytes) -> Usage | None:
@@ -47,8 +43,17 @@ class StreamTally:
         self.usage: Usage | None = None
 
     def feed(self, events: bytes) -> int:
-        """Count `events`; returns how many content chunks they held."""
-        found = len(_CONTENT.findall(events))
+        """Count `events`; returns how many content chunks they held.
+
+        A chunk carries text when its `content` (chat), `text` (completions) or
+        `reasoning_content` field is a non-empty string. Counted with `bytes.count`, a few
+        hundred nanoseconds a batch, where a regular expression took several times that.
+        """
+        found = events.count(b'"content":"') - events.count(b'"content":""')
+        if b'"text":"' in events:
+            found += events.count(b'"text":"') - events.count(b'"text":""')
+        if b'"reasoning_content":"' in events:
+            found += events.count(b'"reasoning_content":"') - events.count(b'"reasoning_content":""')
         self.content_chunks += found
         if b'"usage":{' in events:
             for line in events.split(b"\n"):

@@ -40,6 +40,13 @@ def token_prices(config: BackendConfig, stats: BackendStats) -> TokenPrices | No
     return TokenPrices(input_usd, output_usd)
 
 
+def has_price(config: BackendConfig) -> bool:
+    """False for a backend with no price at all (the default): its requests cost nothing, and
+    the hot path skips reading statistics and counting the prompt for them."""
+    cost = config.cost
+    return cost.gpu_hour_usd is not None or cost.input_per_mtok > 0 or cost.output_per_mtok > 0
+
+
 def request_cost_usd(
     backend_config: BackendConfig, stats: BackendStats, prompt_tokens: int, completion_tokens: int
 ) -> float:

@@ -216,7 +216,7 @@ class Dispatcher:
         timed_out: set[str] = set()
         attempts, round_number = 0, 0
         while attempts < retries.attempts:
-            progressed = False
+            progressed = deferred = False
             for choice in choices:
                 if attempts >= retries.attempts:
                     break
@@ -230,8 +230,11 @@ class Dispatcher:
                 if wait > retries.max_retry_after_s:
                     waiting[name] = wait  # it asked for more patience than this request has
                     continue
-                if round_number > 0 or wait > 0:
-                    await self._sleep(max(wait, self._backoff(retries, round_number) if round_number else 0.0))
+                if round_number == 0 and wait > 0:
+                    deferred = True  # the others first; its wait is slept in the next round
+                    continue
+                if round_number > 0:
+                    await self._sleep(max(wait, self._backoff(retries, round_number)))
                 probing = self.breakers.admission(name) == "probe"
                 if probing and not await self.breakers.acquire_probe(name):
                     continue  # another request (or replica) is probing it
@@ -263,7 +266,7 @@ class Dispatcher:
                     tried = ", ".join(dict.fromkeys(n for n, _ in failures))
                     choice = RouteChoice(backend, f"{choice.reason}; fallback after {tried} failed")
                 return result, choice, sent_at
-            if not progressed:
+            if not progressed and not deferred:
                 break
             round_number += 1
         raise self._give_up(failures, skipped, waiting)

@@ -542,3 +542,16 @@ async def test_a_per_request_policy_is_cached_per_route(dispatcher: Dispatcher) 
     served = [(await dispatcher.call(r, "chat", RequestFeatures("chat", BODY), policy=policy)).backend.name
               for _ in range(4)]
     assert sorted(served) == ["a", "a", "b", "b"]
+
+
+async def test_a_throttled_backend_waits_while_the_others_serve(dispatcher: Dispatcher, sleeps: NoSleep) -> None:
+    a, b = make_backend("a"), make_backend("b")
+    a.reply = http_error("a", 429, b"slow down", retry_after="2")
+    await call(dispatcher, route(a, b), "chat", BODY)  # a asked for 2 s
+    a.reply = chat_completion_json()
+    backend, _ = await call(dispatcher, route(a, b), "chat", BODY)
+    assert backend is b and len(a.calls) == 1 and sleeps.waits == []  # no one waited for a
+    b.reply = http_error("b", 503, b"busy")
+    backend, _ = await call(dispatcher, route(a, b, attempts=2), "chat", BODY)
+    assert backend is a and len(a.calls) == 2  # b failed: then a, after its wait
+    assert sleeps.waits and sleeps.waits[-1] >= 1.9
