@@ -123,29 +123,40 @@ class StreamRelay:
     ) -> GatewayError | None:
         """Relay one backend's events; the error that ended them early, or None when complete."""
         state, backend = self.state, result.backend
-        tally = StreamTally()
+        tally = StreamTally(completions=self.kind == "completion")
         ttft_s: float | None = None
         progress, rename = self.progress, self.rename
+        # The tally's count, inlined: this runs once per batch of every stream.
+        field, empty = (b'"text":"', b'"text":""') if tally.completions else (b'content":"', b'content":""')
         outcome: bool | None = None
+
+        def prepare(events: bytes) -> bytes:
+            """One batch as the client gets it, accounted for on the way."""
+            nonlocal ttft_s
+            if rewrite is not None:
+                events = rewrite(events)
+            if progress is not None:
+                progress.feed(events)
+            found = events.count(field) - events.count(empty)
+            tally.content_chunks += found
+            if b'"usage":{' in events:
+                tally.read_usage_chunk(events)
+            if found and ttft_s is None:
+                ttft_s = state.dispatcher.elapsed_since(result.sent_at)
+                state.routing.stats.first_token(backend.name, ttft_s)
+                state.metrics.observe_ttft(self.route.model, backend.name, time.perf_counter() - self.started)
+            return rename(events)
+
         try:
-            events = result.first
-            iterator = result.rest
-            while True:
-                if rewrite is not None:
-                    events = rewrite(events)
-                if progress is not None:
-                    progress.feed(events)
-                if tally.feed(events) and ttft_s is None:
-                    ttft_s = state.dispatcher.elapsed_since(result.sent_at)
-                    state.routing.stats.first_token(backend.name, ttft_s)
-                    state.metrics.observe_ttft(self.route.model, backend.name, time.perf_counter() - self.started)
-                if events:
-                    await send({"type": "http.response.body", "body": rename(events), "more_body": True})
-                try:
-                    events = await anext(iterator)
-                except StopAsyncIteration:
-                    outcome = True
-                    return None
+            out = prepare(result.first)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            async for events in result.rest:
+                out = prepare(events)
+                if out:  # a resumed stream's dropped role chunk leaves nothing to send
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            outcome = True
+            return None
         except Exception as exc:
             outcome = False
             # Headers are gone: the only way left to tell the client is an error event.

@@ -36,32 +36,37 @@ def read_usage(body: bytes) -> Usage | None:
 class StreamTally:
     """Counts what a stream carried: content chunks, and the server's usage if it sent one."""
 
-    __slots__ = ("content_chunks", "usage")
+    __slots__ = ("completions", "content_chunks", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, *, completions: bool = False) -> None:
+        self.completions = completions  # text completions carry `text`, chat chunks `content`
         self.content_chunks = 0
         self.usage: Usage | None = None
 
     def feed(self, events: bytes) -> int:
         """Count `events`; returns how many content chunks they held.
 
-        A chunk carries text when its `content` (chat), `text` (completions) or
-        `reasoning_content` field is a non-empty string. Counted with `bytes.count`, a few
-        hundred nanoseconds a batch, where a regular expression took several times that.
+        A chunk carries text when its `content` or `reasoning_content` (chat) or `text`
+        (completions) field is a non-empty string: `content":"` matches both chat keys. Counted
+        with `bytes.count`, a few hundred nanoseconds a batch, where a regular expression took
+        several times that.
         """
-        found = events.count(b'"content":"') - events.count(b'"content":""')
-        if b'"text":"' in events:
-            found += events.count(b'"text":"') - events.count(b'"text":""')
-        if b'"reasoning_content":"' in events:
-            found += events.count(b'"reasoning_content":"') - events.count(b'"reasoning_content":""')
+        if self.completions:
+            found = events.count(b'"text":"') - events.count(b'"text":""')
+        else:
+            found = events.count(b'content":"') - events.count(b'content":""')
         self.content_chunks += found
         if b'"usage":{' in events:
-            for line in events.split(b"\n"):
-                if line.startswith(b"data: {") and b'"usage":{' in line:
-                    usage = read_usage(line[6:])
-                    if usage is not None:
-                        self.usage = usage
+            self.read_usage_chunk(events)
         return found
+
+    def read_usage_chunk(self, events: bytes) -> None:
+        """Keep the server's usage from the events that carry one."""
+        for line in events.split(b"\n"):
+            if line.startswith(b"data: {") and b'"usage":{' in line:
+                usage = read_usage(line[6:])
+                if usage is not None:
+                    self.usage = usage
 
     @property
     def output_tokens(self) -> int:

@@ -35,7 +35,7 @@ def test_content_chunks_are_counted_and_empty_ones_are_not() -> None:
 
 
 def test_completion_text_chunks_and_the_servers_usage_wins() -> None:
-    tally = StreamTally()
+    tally = StreamTally(completions=True)
     tally.feed(event(text="a") + event(text="") + event(text="b c"))
     assert tally.output_tokens == 2
     tally.feed(event(usage={"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}))
