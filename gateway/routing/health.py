@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.backend import Backend
+from gateway.routing.periodic import PeriodicTask
 
 log = logging.getLogger("gateway.health")
 
@@ -54,10 +54,8 @@ class HealthMonitor:
     ) -> None:
         self._backends = backends
         self.state = state
-        self._interval_s = interval_s
-        self._sleep = sleep
         self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicTask("health-monitor", self.check_once, interval_s, sleep)
 
     async def check_once(self) -> None:
         """Check every backend concurrently and record the results."""
@@ -75,17 +73,8 @@ class HealthMonitor:
             return False, f"health check raised {type(err).__name__}: {err}"
         return healthy, "" if healthy else "health check failed"
 
-    async def _run(self) -> None:
-        while True:
-            await self._sleep(self._interval_s)
-            await self.check_once()
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="health-monitor")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()

@@ -8,12 +8,12 @@ shared store) use the same server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.backend import Backend, BackendLoad
 from gateway.routing.interfaces import RoutingStats
+from gateway.routing.periodic import PeriodicTask
 
 log = logging.getLogger("gateway.load")
 
@@ -49,8 +49,7 @@ class LoadMonitor:
         self._backends = backends
         self._stats = stats
         self._interval_s = interval_s
-        self._sleep = sleep
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicTask("load-monitor", self.poll_once, interval_s, sleep)
         self._failing: set[str] = set()
 
     async def poll_once(self) -> None:
@@ -67,18 +66,9 @@ class LoadMonitor:
             ours = max(ours_before, self._stats.get(backend.name).in_flight)
             self._stats.observe_load(backend.name, others_load(result, ours))
 
-    async def _run(self) -> None:
-        while True:
-            await self._sleep(self._interval_s)
-            await self.poll_once()
-
     def start(self) -> None:
         if self._interval_s > 0:
-            self._task = asyncio.create_task(self._run(), name="load-monitor")
+            self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
