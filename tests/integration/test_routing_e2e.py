@@ -170,6 +170,7 @@ def test_a_killed_backend_costs_one_attempt_per_breaker_window_and_comes_back(tm
             assert 1 <= failed <= windows + 1, (failed, windows)
             assert served["b"] >= 20 and served["a"] == 0
             assert admin(gw)["a"]["breaker"]["state"] in ("open", "half_open")
+            assert value(metrics(gw), "gateway_backend_breaker_state", backend="a") in (1, 2)  # half-open, open
             # The same picture as a table, from the CLI.
             table = subprocess.run(
                 [sys.executable, "-m", "gateway.cli", "backends", "--config", str(gw.config_path),
@@ -266,6 +267,7 @@ def test_two_gateways_on_one_redis_agree_on_breakers_and_in_flight(tmp_path: Pat
                 for thread in holders:
                     thread.join(30)
             assert until(lambda: admin(gw2)["a"]["stats"]["in_flight"] == 0)
+            assert value(metrics(gw2), "gateway_shared_state_up") == 1
 
             backends["a"].knobs(ttft_ms=0)
             backends["b"].stop()
@@ -276,6 +278,13 @@ def test_two_gateways_on_one_redis_agree_on_breakers_and_in_flight(tmp_path: Pat
             assert raw.headers["x-gateway-backend"] == "a"
             # gw2 never tried b: it learned of the open breaker from gw1 through Redis.
             assert value(metrics(gw2), "gateway_backend_attempt_failures_total", backend="b") is None
+
+            redis.kill()  # Redis goes away: routing carries on from each gateway's local state
+            for _ in range(5):
+                raw = gw1.client().chat.completions.with_raw_response.create(**CHAT)
+                assert raw.headers["x-gateway-backend"] == "a"
+            assert until(lambda: value(metrics(gw1), "gateway_shared_state_up") == 0)
+            assert "shared routing state unavailable" in gw1.log_tail(200)
 
 
 def test_cost_policy_takes_the_cheapest_backend_meeting_the_slo_and_leaves_it_when_it_misses(
