@@ -326,3 +326,28 @@ def test_cost_policy_takes_the_cheapest_backend_meeting_the_slo_and_leaves_it_wh
             assert all(r.startswith("premium: cost") or r.startswith("cheap: explore") for r in later), \
                 "\n".join(reasons)
             assert sum(r.startswith("premium") for r in later) >= len(later) - 2, "\n".join(reasons)
+
+
+def test_prefix_affinity_keeps_each_shared_prefix_on_one_backend_without_overloading_any(tmp_path: Path) -> None:
+    """4 backends, 8 long shared system prompts (documents), each asked about many times."""
+    names = ("p1", "p2", "p3", "p4")
+    with emulators(tmp_path, *names) as backends:
+        config = gateway_config(backends, [{"model": MODEL, "backends": list(names), "policy": "prefix_affinity"}])
+        with gateway(config, tmp_path) as gw:
+            client = gw.client()
+            documents = [f"Document {d}: " + " ".join(f"fact-{d}-{i}" for i in range(300)) for d in range(8)]
+            served: dict[int, collections.Counter[str]] = {d: collections.Counter() for d in range(8)}
+            for turn in range(12):
+                for d, document in enumerate(documents):
+                    raw = client.chat.completions.with_raw_response.create(
+                        model=MODEL, max_tokens=2,
+                        messages=[{"role": "system", "content": document},
+                                  {"role": "user", "content": f"question {turn} about document {d}"}])
+                    served[d][raw.headers["x-gateway-backend"]] += 1
+            for d, counts in served.items():
+                assert counts.most_common(1)[0][1] >= 0.9 * sum(counts.values()), (d, counts)
+            load = collections.Counter()
+            for counts in served.values():
+                load.update(counts)
+            fair = sum(load.values()) / len(names)
+            assert max(load.values()) <= 1.5 * fair, load
