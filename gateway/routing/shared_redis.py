@@ -34,6 +34,7 @@ from gateway.config import RoutingConfig
 from gateway.routing.breaker import PROBE_LEASE_S, BreakerRecord, LocalBreakers
 from gateway.routing.interfaces import Admission, BackendStats, Breakers, BreakerSnapshot, RoutingStats
 from gateway.routing.shared_lua import SCRIPTS, RedisKeys, breaker_from_hash, breaker_from_reply, stats_from_hash
+from gateway.routing.shared_views import SharedBreakers, SharedStats
 from gateway.routing.stats import LocalStats
 
 log = logging.getLogger("gateway.routing")
@@ -43,52 +44,6 @@ SharedChange = Callable[[bool], None]
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 # A queued update: script name, key, and the script's arguments (the clock time first).
 _Update = tuple[str, str, tuple[float | int | str, ...]]
-
-
-class SharedStats:
-    """`RoutingStats` of a `RedisRoutingState`."""
-
-    def __init__(self, state: RedisRoutingState) -> None:
-        self._state = state
-
-    def get(self, backend: str) -> BackendStats:
-        return self._state.get_stats(backend)
-
-    def started(self, backend: str) -> None:
-        self._state.started(backend)
-
-    def first_token(self, backend: str, ttft_s: float) -> None:
-        self._state.first_token(backend, ttft_s)
-
-    def finished(
-        self, backend: str, *, ok: bool | None, e2e_s: float, ttft_s: float | None, output_tokens: int | None
-    ) -> None:
-        self._state.finished(backend, ok=ok, e2e_s=e2e_s, ttft_s=ttft_s, output_tokens=output_tokens)
-
-    def observe_load(self, backend: str, load: BackendLoad) -> None:
-        self._state.observe_load(backend, load)
-
-
-class SharedBreakers:
-    """`Breakers` of a `RedisRoutingState`."""
-
-    def __init__(self, state: RedisRoutingState) -> None:
-        self._state = state
-
-    def snapshot(self, backend: str) -> BreakerSnapshot:
-        return self._state.breaker_snapshot(backend)
-
-    def admission(self, backend: str) -> Admission:
-        return self._state.admission(backend)
-
-    async def acquire_probe(self, backend: str) -> bool:
-        return await self._state.acquire_probe(backend)
-
-    def record(self, backend: str, *, ok: bool, hard: bool = False) -> None:
-        self._state.record(backend, ok=ok, hard=hard)
-
-    def release_probe(self, backend: str) -> None:
-        self._state.release_probe(backend)
 
 
 def describe_redis_url(url: str) -> str:
