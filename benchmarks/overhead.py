@@ -45,7 +45,7 @@ import procs
 import uvloop
 from loadgen import LoadResult, build_request, percentile, run_load
 from report import Scenario, Target, check_targets, median_of, nan_to_none, print_table
-from targets import HOST, BenchError, Gateway, Upstream, log, request_body
+from targets import HOST, BenchError, Gateway, RedisServer, Upstream, log, request_body
 
 # -- measuring ------------------------------------------------------------------
 
@@ -141,6 +141,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="extra arg for 'serve' (repeatable; use = for dashes: --gateway-arg=--log-level --gateway-arg=warning)",
     )
+    ap.add_argument("--state", default="local", help="comma list: local,redis (routing state in process, or "
+                    "shared through a redis-server started for the run; one gateway run each)")
     ap.add_argument("--header", action="append", default=[], help="extra request header 'Name: value' (repeatable)")
     ap.add_argument(
         "--gateway-module",
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown --modes {sorted(bad)}")
     scenarios = [Scenario(c, m == "stream") for c in concurrencies for m in modes]
     gw_targets = (
-        [] if args.direct_only else [Target(s, c) for s in _csv(args.server) for c in _csv(args.upstream_client)]
+        [] if args.direct_only else [Target(s, c, st) for s in _csv(args.server) for c in _csv(args.upstream_client)
+                                     for st in _csv(args.state)]
     )
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
@@ -183,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="gw-overhead-"))
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     upstream: Upstream | None = None
+    redis: RedisServer | None = None
     try:
+        if any(t.state == "redis" for t in gw_targets):
+            redis = RedisServer(harness_cpu, log_dir)
+            log(f"redis-server on :{redis.port} (core {harness_cpu})")
         upstream = Upstream(harness_cpu, args.chunks, args.chunk_delay_ms, log_dir)
         log(f"fake upstream on :{upstream.port} (core {harness_cpu}), logs in {log_dir}")
         up_pids = [upstream.proc.pid]
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.gateway_arg,
                         args.ready_timeout,
                         args.gateway_module,
+                        redis_url=redis.url if redis is not None and target.state == "redis" else None,
                     )
                 try:
                     port = gw.port if gw else upstream.port
@@ -243,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if upstream is not None:
             upstream.close()
+        if redis is not None:
+            redis.close()
 
     med = {key: median_of(v) for key, v in runs.items()}
     targets = [Target(), *gw_targets]

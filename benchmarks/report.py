@@ -28,10 +28,13 @@ class Target:
 
     server: str | None = None  # None = direct
     client: str | None = None
+    state: str = "local"  # where routing state lives: in process, or shared through Redis
 
     @property
     def label(self) -> str:
-        return "direct" if self.server is None else f"{self.server}+{self.client}"
+        if self.server is None:
+            return "direct"
+        return f"{self.server}+{self.client}" + ("+redis" if self.state == "redis" else "")
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:

