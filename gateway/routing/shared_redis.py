@@ -400,9 +400,13 @@ class RedisRoutingState:
     def record(self, backend: str, *, ok: bool, hard: bool = False) -> None:
         self._know(backend)
         self.local_breakers.record(backend, ok=ok, hard=hard)
+        mirrored = self._mirror_breakers.get(backend)
+        if ok and self._shared_ok and (mirrored is None or (not mirrored.opened and mirrored.failures == 0)):
+            # A success on a breaker every replica sees closed and clean changes nothing: most
+            # requests end here, so skipping the script saves a Redis call per request.
+            return
         now = self.clock()
         breaker = self.config.breaker
-        mirrored = self._mirror_breakers.get(backend)
         if mirrored is None and not ok:
             mirrored = self._mirror_breakers[backend] = BreakerRecord()
         if mirrored is not None:
