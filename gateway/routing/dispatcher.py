@@ -46,7 +46,6 @@ class Served:
     backend: Backend
     body: bytes
     reason: str
-    elapsed_s: float  # the successful attempt's own time, request sent to body read
 
 
 @dataclass(slots=True)
@@ -322,11 +321,10 @@ class Dispatcher:
             return await backend.embeddings(body)
 
         payload, choice, sent_at = await self._attempt(route, kind, features, policy or route.policy, try_one)
-        elapsed = self._timer() - sent_at
         name = choice.backend.name
         self.breakers.record(name, ok=True)
         self._release(name, True, sent_at, output_tokens(payload), None)
-        return Served(backend=choice.backend, body=payload, reason=choice.reason, elapsed_s=elapsed)
+        return Served(backend=choice.backend, body=payload, reason=choice.reason)
 
     async def open_stream(
         self,
