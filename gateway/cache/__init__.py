@@ -1,0 +1,1 @@
+"""Response cache: keys, stores, stream tee and replay."""

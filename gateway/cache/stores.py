@@ -1,0 +1,302 @@
+"""Where cached responses live: an in-process LRU (the embedded default) or a shared Redis.
+
+Both stores hold opaque bytes under namespaced string keys (the cache key module builds them,
+model and tenant first, so `delete_prefix` can drop one model's or one tenant's entries). A store
+never raises on the request path: a miss, an unstorable value and an unreachable store all look
+the same to the caller (None, False), because the request must go on to the backend regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.routing.shared_redis import describe_redis_url
+
+log = logging.getLogger("gateway.cache")
+
+Clock = Callable[[], float]
+MiB = 1024 * 1024
+
+# Errors that mean "Redis is away or too slow" (as opposed to Redis refusing one command), the
+# ones that open the breaker.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# Keys per SCAN step and per UNLINK: big enough to be quick, small enough that one UNLINK never
+# holds Redis for long.
+_DELETE_BATCH = 500
+# Per-command socket timeout outside the request path (admin deletion, closing): the request
+# path is bounded far tighter by `budget_s`.
+_ADMIN_SOCKET_TIMEOUT_S = 5.0
+
+
+class CacheStoreError(Exception):
+    """An admin operation on a store failed (the store is unreachable); the request path never sees it."""
+
+
+class CacheStore(Protocol):
+    """Bytes under string keys with a time to live; what the response cache reads and writes."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The stored value, or None when absent, expired or the store cannot answer in time."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Store `value` for `ttl_s` seconds; False when it was not stored (too large, or the store is unavailable)."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with `prefix`; the number deleted. Raises `CacheStoreError` if it cannot."""
+        ...
+
+    def describe(self) -> str:
+        """A short human description for logs and `cache stats` (never a password)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the store is not used afterwards."""
+        ...
+
+
+class InProcessLRU:
+    """A bounded least-recently-used store in this process's memory.
+
+    The bound is on bytes (each entry counts its key's length plus its value's), not entries,
+    because cached responses range from a few hundred bytes to a long stream's chunks. Expiry is
+    checked on read; an expired entry still occupies its bytes until it is read or evicted, which
+    is harmless because eviction frees the least recently used first and an expired entry is
+    never used again. Not shared between replicas: a multi-replica deployment uses `RedisStore`.
+    """
+
+    def __init__(
+        self, max_bytes: int = 64 * MiB, max_entry_bytes: int = 1 * MiB, clock: Clock = time.monotonic
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self.clock = clock
+        self.available = True  # always: it lives in this process
+        self.evictions = 0
+        self.too_large = 0
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires_at = entry
+        if self.clock() >= expires_at:
+            self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
+        cost = len(key) + len(value)
+        if len(value) > self.max_entry_bytes or cost > self.max_bytes:
+            self.too_large += 1
+            return False
+        if ttl_s <= 0:
+            return False
+        if key in self._entries:
+            self._remove(key)
+        self._entries[key] = (value, self.clock() + ttl_s)
+        self._bytes += cost
+        while self._bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._remove(oldest)
+            self.evictions += 1
+        return True
+
+    async def delete_prefix(self, prefix: str) -> int:
+        doomed = [key for key in self._entries if key.startswith(prefix)]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    def describe(self) -> str:
+        return f"in-process LRU ({self.max_bytes / MiB:g} MiB)"
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def _remove(self, key: str) -> None:
+        value, _ = self._entries.pop(key)
+        self._bytes -= len(key) + len(value)
+
+
+class RedisStore:
+    """Cache entries in Redis, shared by every gateway replica.
+
+    Every `get` and `set` gives up after `budget_s`, so a slow or vanished Redis delays a request
+    by at most that much. The first timeout or connection error opens a breaker: for `retry_s`
+    calls return at once (a miss, not stored) without touching the network, then one call is let
+    through to probe; its success closes the breaker, its failure keeps it open another `retry_s`.
+    One WARNING is logged when Redis goes away and one INFO when it is back. `errors` counts failed
+    calls, `skipped_while_down` the calls answered by the open breaker, `too_large` the refused values.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "gateway:cache:",
+        max_entry_bytes: int = 1 * MiB,
+        budget_s: float = 0.05,
+        retry_s: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.max_entry_bytes = max_entry_bytes
+        self.budget_s = budget_s
+        self.retry_s = retry_s
+        self.clock = clock
+        self.errors = 0
+        self.skipped_while_down = 0
+        self.too_large = 0
+        # redis-py must not retry or wait on its own: the budget and the breaker decide.
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=_ADMIN_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=_ADMIN_SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._down_since: float | None = None
+        self._retry_at = float("-inf")
+        self._probing = False
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (including while a probe is under way)."""
+        return self._down_since is None
+
+    def describe(self) -> str:
+        return describe_redis_url(self.url)
+
+    async def get(self, key: str) -> bytes | None:
+        probe = self._admit()
+        if probe is None:
+            return None
+        try:
+            async with asyncio.timeout(self.budget_s):
+                value = await self._redis.get(self.key_prefix + key)
+        except (*_UNREACHABLE, RedisError) as err:
+            self._failed(err, "get")
+            return None
+        finally:
+            if probe:
+                self._probing = False
+        self._succeeded()
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
+        if len(value) > self.max_entry_bytes:
+            self.too_large += 1
+            return False
+        # PX takes whole milliseconds and refuses 0.
+        ttl_ms = int(ttl_s * 1000)
+        if ttl_ms <= 0:
+            return False
+        probe = self._admit()
+        if probe is None:
+            return False
+        try:
+            async with asyncio.timeout(self.budget_s):
+                await self._redis.set(self.key_prefix + key, value, px=ttl_ms)
+        except (*_UNREACHABLE, RedisError) as err:
+            self._failed(err, "set")
+            return False
+        finally:
+            if probe:
+                self._probing = False
+        self._succeeded()
+        return True
+
+    async def delete_prefix(self, prefix: str) -> int:
+        # An admin action, not the request path: it ignores the breaker and the budget (each
+        # command is bounded by the socket timeout) and reports failure instead of hiding it.
+        pattern = _glob_escape(self.key_prefix + prefix) + "*"
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            async for name in self._redis.scan_iter(match=pattern, count=_DELETE_BATCH):
+                batch.append(name)
+                if len(batch) >= _DELETE_BATCH:
+                    deleted += await self._redis.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += await self._redis.unlink(*batch)
+        except (*_UNREACHABLE, RedisError) as err:
+            self._failed(err, "delete")
+            raise CacheStoreError(f"deleting {prefix!r}* from {self.describe()} failed: {err}") from err
+        self._succeeded()
+        return deleted
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    # -- breaker -------------------------------------------------------------------------------
+
+    def _admit(self) -> bool | None:
+        """None: skip the call (breaker open); False: an ordinary call; True: this call is the probe."""
+        if self._down_since is None:
+            return False
+        if self._probing or self.clock() < self._retry_at:
+            self.skipped_while_down += 1
+            return None
+        self._probing = True
+        return True
+
+    def _failed(self, err: BaseException, op: str) -> None:
+        self.errors += 1
+        if not isinstance(err, _UNREACHABLE):
+            # Redis answered but refused this one command (e.g. a foreign value under our key):
+            # Redis itself is fine, so the breaker stays closed.
+            log.error("response cache %s at %s failed: %s: %s", op, self.describe(), type(err).__name__, err)
+            return
+        now = self.clock()
+        self._retry_at = now + self.retry_s
+        if self._down_since is not None:
+            return
+        self._down_since = now
+        reason = f"no answer within {self.budget_s * 1000:g} ms" if isinstance(err, TimeoutError) else str(err)
+        log.warning("response cache at %s unavailable (%s: %s); serving without the cache, retrying every %g s",
+                    self.describe(), type(err).__name__, reason, self.retry_s)
+
+    def _succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        away = self.clock() - self._down_since
+        self._down_since = None
+        log.info("response cache at %s is reachable again after %.1f s (%d calls skipped meanwhile)",
+                 self.describe(), away, self.skipped_while_down)
+
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(text: str) -> str:
+    """`text` as a literal inside a Redis MATCH pattern (keys may contain glob characters)."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
