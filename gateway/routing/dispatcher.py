@@ -104,7 +104,6 @@ class Dispatcher:
         on_attempt_failed: AttemptObserver | None = None,
     ) -> None:
         self.health = health
-        self.routing = routing
         self.stats = routing.stats
         self.breakers = routing.breakers
         self._stats_config = stats_config

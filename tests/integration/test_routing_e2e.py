@@ -16,14 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from gateway_process import EmulatorProcess, GatewayProcess, assert_openai_error, running, value
+from gateway_process import EmulatorProcess, GatewayProcess, assert_openai_error, running, value, wait_until
 from redis_server import RedisServer
 
 MODEL = "emulated"
@@ -80,15 +80,6 @@ def admin(gw: GatewayProcess) -> dict[str, Any]:
     response = httpx.get(gw.url + "/admin/backends", timeout=10)
     assert response.status_code == 200, response.text
     return {b["name"]: b for b in response.json()["backends"]}
-
-
-def until(check: Callable[[], bool], within_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_responses_say_which_backend_why_and_what_it_cost(tmp_path: Path) -> None:
@@ -186,7 +177,7 @@ def test_a_killed_backend_costs_one_attempt_per_breaker_window_and_comes_back(tm
                     raw = client.chat.completions.with_raw_response.create(**CHAT)
                     return raw.headers["x-gateway-backend"] == "a"
 
-                assert until(a_serves_again, within_s=10)
+                assert wait_until(a_serves_again, timeout=10)
                 assert admin(gw)["a"]["breaker"]["state"] == "closed"
             finally:
                 revived.stop()
@@ -261,19 +252,20 @@ def test_two_gateways_on_one_redis_agree_on_breakers_and_in_flight(tmp_path: Pat
             for thread in holders:
                 thread.start()
             try:
-                assert until(lambda: admin(gw2)["a"]["stats"]["in_flight"] == 3), admin(gw2)["a"]["stats"]
+                held = wait_until(lambda: admin(gw2)["a"]["stats"]["in_flight"] == 3, timeout=15)
+                assert held, admin(gw2)["a"]["stats"]
             finally:
                 stop.set()
                 for thread in holders:
                     thread.join(30)
-            assert until(lambda: admin(gw2)["a"]["stats"]["in_flight"] == 0)
+            assert wait_until(lambda: admin(gw2)["a"]["stats"]["in_flight"] == 0, timeout=15)
             assert value(metrics(gw2), "gateway_shared_state_up") == 1
 
             backends["a"].knobs(ttft_ms=0)
             backends["b"].stop()
             raw = gw1.client().chat.completions.with_raw_response.create(**{**CHAT, "model": "b-first"})
             assert raw.headers["x-gateway-backend"] == "a"  # b refused and its breaker opened on gw1
-            assert until(lambda: admin(gw2)["b"]["breaker"]["state"] == "open")
+            assert wait_until(lambda: admin(gw2)["b"]["breaker"]["state"] == "open", timeout=15)
             raw = gw2.client().chat.completions.with_raw_response.create(**{**CHAT, "model": "b-first"})
             assert raw.headers["x-gateway-backend"] == "a"
             # gw2 never tried b: it learned of the open breaker from gw1 through Redis.
@@ -283,7 +275,7 @@ def test_two_gateways_on_one_redis_agree_on_breakers_and_in_flight(tmp_path: Pat
             for _ in range(5):
                 raw = gw1.client().chat.completions.with_raw_response.create(**CHAT)
                 assert raw.headers["x-gateway-backend"] == "a"
-            assert until(lambda: value(metrics(gw1), "gateway_shared_state_up") == 0)
+            assert wait_until(lambda: value(metrics(gw1), "gateway_shared_state_up") == 0, timeout=15)
             assert "shared routing state unavailable" in gw1.log_tail(200)
 
 
