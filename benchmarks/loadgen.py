@@ -13,11 +13,16 @@ Model: ``concurrency`` keep-alive connections, each with exactly one request
 in flight (closed loop, no pipelining). The run lasts ``warmup + duration``;
 only responses that *complete* inside the measured window are counted, so
 throughput is ``completed / duration``.
+
+Two opt-in extras (off by default, so the default request cycle is unchanged):
+``vary`` gives every request a distinct body (a placeholder replaced by a
+counter), and ``count_header`` tallies one response header's values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import socket
 import time
@@ -31,6 +36,12 @@ _now = time.perf_counter  # uvloop's loop.time() is ms-granular; we need us.
 
 # How many distinct error messages to keep for the report.
 _MAX_ERROR_SAMPLES = 5
+
+# Shared by every run in this process, so a varied body is never sent twice (even across runs).
+_vary_counter = itertools.count()
+
+# The `count_header` tally key of responses without that header.
+NO_HEADER = "-"
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
@@ -59,6 +70,8 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)  # request sent -> response complete
     ttfb_s: list[float] = field(default_factory=list)  # request sent -> first body byte
+    # Values of the `count_header` response header, whole run (NO_HEADER: absent); empty if not asked.
+    header_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -92,10 +105,22 @@ class _Run:
         window_start: float,
         stop_at: float,
         result: LoadResult,
+        vary: bytes | None = None,
+        count_header: bytes | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.request = request
+        self.vary_parts: tuple[bytes, bytes] | None = None
+        self.vary_width = 0
+        if vary is not None:
+            before, found, after = request.partition(vary)
+            if not found or vary in after:
+                raise ValueError(f"vary placeholder {vary!r} must occur exactly once in the request")
+            self.vary_parts = (before, after)
+            self.vary_width = len(vary)
+        self.count_header = count_header.lower() if count_header is not None else None
+        self.conn_class: type[_Conn] = _Conn if count_header is None else _HeaderCountingConn
         self.stream = stream
         self.window_start = window_start
         self.stop_at = stop_at
@@ -104,6 +129,12 @@ class _Run:
         self.slots = concurrency  # connections still issuing requests
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.conns: set[_Conn] = set()
+
+    def varied_request(self) -> bytes:
+        """The request with its placeholder replaced by the next counter, zero-padded to the same width."""
+        assert self.vary_parts is not None
+        n = next(_vary_counter)
+        return self.vary_parts[0] + b"%0*d" % (self.vary_width, n) + self.vary_parts[1]
 
     def slot_finished(self) -> None:
         self.slots -= 1
@@ -121,7 +152,7 @@ class _Run:
             self.slot_finished()
             return
         try:
-            await self.loop.create_connection(lambda: _Conn(self), self.host, self.port)
+            await self.loop.create_connection(lambda: self.conn_class(self), self.host, self.port)
         except OSError as exc:
             self.result.note_error(f"connect: {exc!r}")
             # Back off a little so a dead server does not become a busy loop.
@@ -178,7 +209,7 @@ class _Conn(asyncio.Protocol):
         self.first = 0.0
         self.tail = b""
         self.t0 = _now()
-        t.write(self.run.request)
+        t.write(self.run.request if self.run.vary_parts is None else self.run.varied_request())
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -235,6 +266,24 @@ class _Conn(asyncio.Protocol):
             self.run.slot_finished()
 
 
+class _HeaderCountingConn(_Conn):
+    """A `_Conn` that also tallies one response header (httptools only calls `on_header` if defined)."""
+
+    def __init__(self, run: _Run) -> None:
+        super().__init__(run)
+        self.header_value = NO_HEADER
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == self.run.count_header:
+            self.header_value = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        counts = self.run.result.header_counts
+        counts[self.header_value] = counts.get(self.header_value, 0) + 1
+        self.header_value = NO_HEADER
+
+
 async def run_load(
     host: str,
     port: int,
@@ -247,6 +296,8 @@ async def run_load(
     grace: float = 10.0,
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[], None] | None = None,
+    vary: bytes | None = None,
+    count_header: bytes | None = None,
 ) -> LoadResult:
     """Keep ``concurrency`` requests in flight for ``warmup + duration`` seconds.
 
@@ -254,11 +305,18 @@ async def run_load(
     of the measured window, e.g. to sample a server's CPU time. After the
     window, in-flight requests get ``grace`` seconds to finish; any still
     pending then are counted as timeout errors.
+
+    ``vary``: a placeholder occurring once in ``request`` (body included), replaced on every send by
+    a process-wide counter zero-padded to its width, so Content-Length stays right and no two
+    requests are alike. ``count_header``: a response header whose values (whole run) are tallied in
+    ``LoadResult.header_counts``.
     """
     loop = asyncio.get_running_loop()
     result = LoadResult(concurrency=concurrency, duration_s=duration)
     start = _now()
-    run = _Run(host, port, request, stream, concurrency, start + warmup, start + warmup + duration, result)
+    run = _Run(
+        host, port, request, stream, concurrency, start + warmup, start + warmup + duration, result, vary, count_header
+    )
     if on_window_start is not None:
         loop.call_later(warmup, on_window_start)
     if on_window_end is not None:

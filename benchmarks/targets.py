@@ -121,9 +121,11 @@ class Gateway:
         module: str = "gateway.cli",
         *,
         redis_url: str | None = None,
+        name: str | None = None,
     ) -> None:
         self.port = procs.free_port(HOST)
-        self.name = f"gateway-{target.server}-{target.client}-{target.state}"
+        # `name` names its config and log files (default: from the target, shared by equal targets).
+        self.name = name or f"gateway-{target.server}-{target.client}-{target.state}"
         self.log_dir = log_dir
         cfg = {
             "server": {"host": HOST, "port": self.port, "upstream_client": target.client},

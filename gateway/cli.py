@@ -1,4 +1,4 @@
-"""`gateway serve | check-config | backends`."""
+"""`gateway serve | check-config | backends | cache`."""
 
 from __future__ import annotations
 
@@ -92,14 +92,14 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_url(config: GatewayConfig) -> str:
-    """Where the gateway of `config` serves /admin/backends (a wildcard host is reached on loopback)."""
+def _admin_url(config: GatewayConfig, path: str = "/admin/backends") -> str:
+    """Where the gateway of `config` serves `path` (a wildcard host is reached on loopback)."""
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{config.server.port}/admin/backends"
+    return f"http://{host}:{config.server.port}{path}"
 
 
 def _fetch_report(url: str) -> dict[str, Any] | None:
@@ -115,6 +115,46 @@ def _fetch_report(url: str) -> dict[str, Any] | None:
             return report
     except (urllib.error.URLError, OSError, msgspec.DecodeError):
         return None
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """`cache stats`: the running gateway's cache table; `cache clear`: drop entries through it."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import msgspec
+
+    try:
+        config = _load(args.config)
+    except (ConfigError, PluginError) as err:
+        print(err, file=sys.stderr)
+        return 1
+    url = args.url or _admin_url(config, "/admin/cache")
+    if args.action == "stats":
+        stats = _fetch_report(url)
+        if stats is None:
+            print(f"no gateway answering at {url}: start it, or pass --url", file=sys.stderr)
+            return 1
+        from gateway.cache.report import format_cache_stats
+
+        print(f"response cache of the gateway at {url}:")
+        print(format_cache_stats(stats))
+        return 0
+    query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("tenant", args.tenant)) if v})
+    request = urllib.request.Request(url + (f"?{query}" if query else ""), method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=60.0) as response:
+            result = msgspec.json.decode(response.read())
+    except urllib.error.HTTPError as err:
+        print(f"error: {err.code} {err.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as err:
+        print(f"no gateway answering at {url}: {err}", file=sys.stderr)
+        return 1
+    scope = " and ".join(f"{k} {v}" for k, v in (("model", args.model), ("tenant", args.tenant)) if v) or "all"
+    print(f"deleted {result['deleted']} cached answer(s) ({scope})")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -175,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     backends.add_argument("--url", default=None, help="the gateway's /admin/backends URL (default: from the "
                           "config's server.host and server.port)")
     backends.set_defaults(func=cmd_backends)
+
+    cache = sub.add_parser("cache", help="the response cache of a running gateway: stats, or clear entries")
+    cache.add_argument("action", choices=("stats", "clear"))
+    cache.add_argument("--config", default=_default_config(), help="YAML config (default: %(default)s)")
+    cache.add_argument("--url", default=None, help="the gateway's /admin/cache URL (default: from the config)")
+    cache.add_argument("--model", default=None, help="clear: only this route model's entries")
+    cache.add_argument("--tenant", default=None, help="clear: only this tenant's entries (its metric label)")
+    cache.set_defaults(func=cmd_cache)
     return parser
 
 

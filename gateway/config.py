@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from gateway.cache.settings import CacheConfig, RouteCacheConfig, cache_problems, route_cache_problems
+from gateway.config_env import interpolate_env
+
 PolicyName = Literal[
     "first_healthy", "round_robin", "weighted", "least_loaded", "latency", "cost", "prefix_affinity"
 ]
@@ -130,6 +133,7 @@ class RouteConfig(_Strict):
     # Continue a stream that fails mid-way on another backend (assistant prefill or the
     # completions API), so the client sees one uninterrupted stream.
     resume: bool = False
+    cache: RouteCacheConfig = msgspec.field(default_factory=RouteCacheConfig)
 
 
 class StatsConfig(_Strict):
@@ -158,6 +162,7 @@ class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     redis: RedisConfig | None = None
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
 
 
 class ConfigError(Exception):
@@ -171,30 +176,6 @@ class ConfigError(Exception):
 
 # A plugin-specific validator: given a backend's config, returns problems as (subpath, message).
 BackendValidator = Callable[[BackendConfig], Iterable[tuple[str, str]]]
-
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _interpolate(value: Any, path: str, problems: list[str], env: dict[str, str]) -> Any:
-    """Replace `${VAR}` and `${VAR:-default}` in every string of the loaded YAML."""
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
-            return ""
-
-        return _ENV_PATTERN.sub(substitute, value)
-    if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", problems, env) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), problems, env) for k, v in value.items()}
-    return value
-
 
 _MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
@@ -290,7 +271,7 @@ def parse_config(
     plugin not in it is an error too.
     """
     problems: list[str] = []
-    raw = _interpolate(raw, "", problems, dict(os.environ) if env is None else env)
+    raw = interpolate_env(raw, "", problems, dict(os.environ) if env is None else env)
     if not isinstance(raw, dict):
         raise ConfigError(["<root>: expected a mapping with backends and routes"], source)
 
@@ -307,6 +288,7 @@ def parse_config(
     server = _convert(raw.get("server", {}), ServerConfig, "server", problems)
     routing = _convert(raw.get("routing", {}), RoutingConfig, "routing", problems)
     redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
+    cache = _convert(raw.get("cache", {}), CacheConfig, "cache", problems)
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
@@ -355,12 +337,14 @@ def parse_config(
         problems.append("redis.url: not a Redis URL (expected redis://, rediss:// or unix://)")
     if routing is not None:
         _check_routing(routing, problems)
+    if cache is not None:
+        problems.extend(cache_problems(cache, has_redis=raw.get("redis") is not None))
 
     if problems:
         raise ConfigError(problems, source)
-    assert server is not None and routing is not None
+    assert server is not None and routing is not None and cache is not None
     return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, routing=routing,
-                         redis=redis)
+                         redis=redis, cache=cache)
 
 
 def _check_ranges(prefix: str, checks: Iterable[tuple[str, bool, str]], problems: list[str]) -> None:
@@ -378,6 +362,7 @@ def _check_route(index: int, route: RouteConfig, problems: list[str]) -> None:
         ("slo.ttft_ms", slo.ttft_ms is None or slo.ttft_ms > 0, "be positive"),
         ("slo.e2e_ms", slo.e2e_ms is None or slo.e2e_ms > 0, "be positive"),
     ], problems)
+    problems.extend(route_cache_problems(f"routes[{index}]", route.cache))
 
 
 def _check_routing(routing: RoutingConfig, problems: list[str]) -> None:

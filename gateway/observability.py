@@ -69,6 +69,29 @@ class Metrics:
             "gateway_shared_state_up", "1 while the shared routing state (Redis) is reachable; 0 while "
             "routing runs on this replica's local state", registry=self.registry,
         )
+        self.cache_results = Counter(
+            "gateway_cache_requests", "Requests by what the response cache did: hit (answered from the store), "
+            "miss (went to a backend, answer recorded), coalesced (followed an identical request in flight), "
+            "bypass (not cacheable)", ("route", "result"), registry=self.registry,
+        )
+        self.cache_bytes = Counter(
+            "gateway_cache_bytes", "Bytes of stored answers, by direction: read (hits) and written",
+            ("direction",), registry=self.registry,
+        )
+        self.cache_writes = Counter(
+            "gateway_cache_writes", "Complete answers offered to the cache, by outcome: stored, not_stored "
+            "(error, truncated, finish_reason length, too large) or failed (the store did not take it)",
+            ("outcome",), registry=self.registry,
+        )
+        self.cache_errors = Counter(
+            "gateway_cache_store_errors", "Store calls that failed or ran over their time budget, and calls "
+            "skipped while the store was unreachable", ("kind",), registry=self.registry,
+        )
+        self.cache_up = Gauge(
+            "gateway_cache_store_up", "1 while the response cache's store answers; 0 while requests skip it",
+            registry=self.registry,
+        )
+        self._cache_seen: dict[str, float] = {}
         # Gauges that mirror live state are set just before each scrape, not on the hot path.
         self.before_render: Callable[[], None] | None = None
         self._children: dict[tuple[object, ...], object] = {}
@@ -110,6 +133,34 @@ class Metrics:
 
     def set_shared_state(self, up: bool) -> None:
         self.shared_state_up.set(1 if up else 0)
+
+    def export_cache(self, stats: dict[str, object], results: dict[tuple[str, str], int]) -> None:
+        """Bring the cache's own counters (kept off the hot path) into the metrics, at scrape time."""
+        self.cache_up.set(1 if stats.get("available") else 0)
+        for (route, result), count in results.items():
+            seen_key = f"results:{route}\0{result}"
+            delta = count - self._cache_seen.get(seen_key, 0.0)
+            if delta > 0:
+                self.cache_results.labels(route, result).inc(delta)
+                self._cache_seen[seen_key] = count
+        not_stored = stats.get("not_stored")
+        totals = {
+            ("bytes", "read"): stats.get("served_bytes", 0),
+            ("bytes", "written"): stats.get("stored_bytes", 0),
+            ("writes", "stored"): stats.get("stored", 0),
+            ("writes", "not_stored"): sum(not_stored.values()) if isinstance(not_stored, dict) else 0,
+            ("writes", "failed"): stats.get("write_failures", 0),
+            ("errors", "failed"): stats.get("errors", 0),
+            ("errors", "skipped_while_down"): stats.get("skipped_while_down", 0),
+        }
+        metrics = {"bytes": self.cache_bytes, "writes": self.cache_writes, "errors": self.cache_errors}
+        for (family, label), total in totals.items():
+            key = f"{family}:{label}"
+            value = float(total) if isinstance(total, int | float) else 0.0
+            delta = value - self._cache_seen.get(key, 0.0)
+            if delta > 0:
+                metrics[family].labels(label).inc(delta)
+                self._cache_seen[key] = value
 
     def render(self) -> bytes:
         if self.before_render is not None:

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from gateway.backend import Backend, BackendContext
+from gateway.cache.service import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.observability import Metrics
 from gateway.plugins import BackendRegistry
@@ -63,6 +64,7 @@ class GatewayState:
             list(self.backends.values()), self.health, config.server.health_interval_s,
             on_change=self.metrics.set_backend_health,
         )
+        self.cache = ResponseCache(config.cache, config.redis.url if config.redis is not None else None)
         self.metrics.before_render = self._export_live_gauges
         self.load_monitor = LoadMonitor(
             list(self.backends.values()), self.routing.stats, config.routing.stats.load_interval_s
@@ -75,6 +77,7 @@ class GatewayState:
             self.metrics.breaker_state.labels(name).set(codes[self.routing.breakers.snapshot(name).state])
             self.metrics.in_flight.labels(name).set(self.routing.stats.get(name).in_flight)
         self.metrics.set_shared_state(self.routing.shared_ok)
+        self.metrics.export_cache(self.cache.stats(), self.cache.books.results)
 
     async def startup(self) -> None:
         """Start every backend (launching managed servers in parallel), then check health once."""
@@ -87,6 +90,7 @@ class GatewayState:
             raise RuntimeError(f"backend start-up failed: {detail}")
         await self.routing.start()
         log.info("routing state: %s", self.routing.describe())
+        log.info("response cache: %s", self.cache.store.describe())
         await self.monitor.check_once()
         for name, healthy in self.health.snapshot().items():
             log.info("backend %s (%s) %s", name, self.backends[name].plugin, "healthy" if healthy else "UNHEALTHY")
@@ -98,5 +102,6 @@ class GatewayState:
         await self.monitor.stop()
         await self.load_monitor.stop()
         await self.routing.aclose()
+        await self.cache.aclose()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         await self.upstream.aclose()

@@ -331,6 +331,12 @@ class EmulatorProcess(ManagedSubprocess):
         knobs: dict[str, Any] = response.json()
         return knobs
 
+    def requests_total(self) -> int:
+        """Requests that reached the emulated model so far."""
+        response = httpx.get(self.url + "/__emulator/stats", timeout=10)
+        assert response.status_code == 200, response.text
+        return int(response.json()["requests_total"])
+
 
 _Emulator = TypeVar("_Emulator", bound=EmulatorProcess)
 

@@ -12,19 +12,22 @@ import contextlib
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.api.asgi_io import ClientDisconnected, Receive, Scope, Send, read_body, send_bytes, send_error
+from gateway.api.cached_request import CachedRequest
 from gateway.api.decode import decode_request
 from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
 from gateway.api.stream_relay import StreamRelay
-from gateway.api.tenant import TenantNamer
+from gateway.api.tenant import TenantNamer, cache_tenant
 from gateway.api.usage import Usage, read_usage
+from gateway.cache.plan import CacheHeaders, plan_request
 from gateway.config import POLICY_NAMES
 from gateway.errors import GatewayError, bad_request, model_not_found
 from gateway.routing.cost import has_price, request_cost_usd
-from gateway.routing.interfaces import RequestFeatures
+from gateway.routing.interfaces import Policy, RequestFeatures
+from gateway.routing.table import Route
 from gateway.schemas import RequestKind
 
 if TYPE_CHECKING:
@@ -43,13 +46,14 @@ _POLICIES = frozenset(POLICY_NAMES)
 class RequestMeta:
     """What the handler reads from the request headers, in one pass."""
 
-    __slots__ = ("authorization", "content_length", "policy", "request_id")
+    __slots__ = ("authorization", "cache", "content_length", "policy", "request_id")
 
     def __init__(self, scope: Scope) -> None:
         request_id: bytes | None = None
         self.content_length: int | None = None
         self.policy: bytes | None = None
         self.authorization: bytes | None = None
+        self.cache = CacheHeaders()
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode("ascii").isprintable():
@@ -61,6 +65,12 @@ class RequestMeta:
                 self.policy = value
             elif key == b"authorization":
                 self.authorization = value
+            elif key == b"cache-control":
+                self.cache.cache_control = value
+            elif key == b"x-gateway-cache-ttl":
+                self.cache.ttl = value
+            elif key == b"x-gateway-cache-namespace":
+                self.cache.namespace = value
         self.request_id = request_id or os.urandom(12).hex().encode()
 
     def policy_name(self) -> str | None:
@@ -72,6 +82,22 @@ class RequestMeta:
             raise bad_request(f"Invalid value for header 'x-gateway-policy': {name!r} is not one of "
                               f"{', '.join(POLICY_NAMES)}", param="x-gateway-policy", code="invalid_value")
         return name
+
+
+class _Context(NamedTuple):
+    """What serving one request from a backend needs, gathered by the handler."""
+
+    route: Route
+    features: RequestFeatures
+    policy: Policy
+    client_model: str
+    request_id: bytes
+    started: float
+    stream: bool
+    watch: DisconnectWatch
+
+
+_BYPASS = [(b"x-gateway-cache", b"bypass")]
 
 
 class OpenAIHandler:
@@ -102,42 +128,25 @@ class OpenAIHandler:
             policy = state.dispatcher.policy_for(route, meta.policy_name())
             features = RequestFeatures(self.kind, data, self.tenants(meta.authorization))
             watch = DisconnectWatch(receive)
-            if self.kind != "embedding" and request.stream:
-                result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
-                backend_name = result.backend.name
-                state.metrics.observe_decision(route_name, backend_name, policy.name)
-                relay = StreamRelay(state, route, self.kind, features, policy, request.model, started)
-                await relay.run(send, result, request_id, watch)
-                return
-            usage: list[Usage | None] = [None]
-
-            def output_tokens(payload: bytes) -> int | None:
-                usage[0] = read_usage(payload)
-                return usage[0].completion_tokens if usage[0] is not None else None
-
-            served = await state.dispatcher.call(route, self.kind, features, policy=policy,
-                                                 output_tokens=output_tokens)
-            backend = served.backend
-            backend_name = backend.name
-            state.metrics.observe_decision(route_name, backend_name, policy.name)
-            watch.finish()
-            cost = 0.0
-            if has_price(backend.config):
-                counts = usage[0]
-                cost = request_cost_usd(
-                    backend.config, state.routing.stats.get(backend_name),
-                    counts.prompt_tokens if counts is not None else features.input_tokens,
-                    counts.completion_tokens if counts is not None else 0,
+            stream = self.kind != "embedding" and bool(request.stream)
+            context = _Context(route, features, policy, request.model, request_id, started, stream, watch)
+            # Keyed by the client's model: an exact route's own name, and for a glob route the model
+            # it was matched by (one glob serves many models, which must not share entries).
+            plan = plan_request(route.config.cache, self.kind, request.model, data,
+                                cache_tenant(meta.authorization), meta.cache)
+            if plan is None:
+                state.cache.count(route_name, "bypass")
+                backend_name = await self._serve_backend(context, send, _BYPASS)
+            else:
+                options = getattr(request, "stream_options", None)
+                cached = CachedRequest(
+                    state.cache, plan, route.config.cache, route_name=route_name, kind=self.kind, stream=stream,
+                    include_usage=bool(options is not None and options.include_usage), client_model=request.model,
+                    request_id=request_id, watch=watch, estimated_prompt_tokens=features.input_tokens,
                 )
-                state.metrics.observe_cost(route_name, backend_name, features.tenant, cost)
-            headers = [
-                *_JSON_HEADERS,
-                (b"x-gateway-backend", backend_name.encode()),
-                (b"x-gateway-route-reason", served.reason.encode("ascii", "replace")),
-                (b"x-gateway-cost-usd", f"{cost:.8f}".encode()),
-                (b"x-request-id", request_id),
-            ]
-            await send_bytes(send, 200, ModelRenamer(request.model)(served.body), headers)
+                backend_name = await cached.serve(
+                    send, lambda out, headers: self._serve_backend(context, out, headers)
+                )
         except ClientDisconnected:
             status = 499
         except asyncio.CancelledError:
@@ -159,3 +168,42 @@ class OpenAIHandler:
             if watch is not None:
                 watch.finish()
             state.metrics.observe_request(route_name, backend_name, status, time.perf_counter() - started)
+
+    async def _serve_backend(self, ctx: _Context, send: Send, extra: list[tuple[bytes, bytes]]) -> str:
+        """Send the request to a backend and relay its answer through `send`; the backend's name."""
+        state, route, features, policy = self.state, ctx.route, ctx.features, ctx.policy
+        if ctx.stream:
+            result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
+            state.metrics.observe_decision(route.model, result.backend.name, policy.name)
+            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started)
+            await relay.run(send, result, ctx.request_id, ctx.watch, extra)
+            return result.backend.name
+        usage: list[Usage | None] = [None]
+
+        def output_tokens(payload: bytes) -> int | None:
+            usage[0] = read_usage(payload)
+            return usage[0].completion_tokens if usage[0] is not None else None
+
+        served = await state.dispatcher.call(route, self.kind, features, policy=policy, output_tokens=output_tokens)
+        backend = served.backend
+        state.metrics.observe_decision(route.model, backend.name, policy.name)
+        ctx.watch.finish()
+        cost = 0.0
+        if has_price(backend.config):
+            counts = usage[0]
+            cost = request_cost_usd(
+                backend.config, state.routing.stats.get(backend.name),
+                counts.prompt_tokens if counts is not None else features.input_tokens,
+                counts.completion_tokens if counts is not None else 0,
+            )
+            state.metrics.observe_cost(route.model, backend.name, features.tenant, cost)
+        headers = [
+            *_JSON_HEADERS,
+            (b"x-gateway-backend", backend.name.encode()),
+            (b"x-gateway-route-reason", served.reason.encode("ascii", "replace")),
+            (b"x-gateway-cost-usd", f"{cost:.8f}".encode()),
+            (b"x-request-id", ctx.request_id),
+            *extra,
+        ]
+        await send_bytes(send, 200, ModelRenamer(ctx.client_model)(served.body), headers)
+        return backend.name

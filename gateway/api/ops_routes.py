@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, Response, delete, get
 
+from gateway.cache.stores import CacheStoreError
 from gateway.errors import GatewayError
 from gateway.routing.report import backends_report
 from gateway.schemas import ModelCard, ModelList
@@ -56,4 +57,31 @@ def admin_backends(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(backends_report(_state(request))), media_type="application/json")
 
 
-ROUTES = [health, ready, metrics, list_models, admin_backends]
+@get("/admin/cache", sync_to_thread=False)
+def admin_cache(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The response cache: its store, hits/misses/coalesced/bypass per route, bytes, errors (JSON)."""
+    return Response(msgspec.json.encode(_state(request).cache.stats()), media_type="application/json")
+
+
+@delete("/admin/cache", status_code=200)
+async def admin_cache_delete(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Drop cached answers: all of them, or only `?model=` (a route's model), `?tenant=` (the tenant
+    label the metrics show, e.g. key-0123456789ab, or anonymous), or both."""
+    params = request.query_params
+    unknown = sorted(set(params) - {"model", "tenant"})
+    if unknown:
+        error = GatewayError(400, f"unknown query parameter {unknown[0]!r}: use model and/or tenant",
+                             param=unknown[0], code="invalid_value")
+        return Response(error.body(), status_code=400, media_type="application/json")
+    model, tenant = params.get("model") or None, params.get("tenant") or None
+    try:
+        deleted = await _state(request).cache.delete(model=model, tenant=tenant)
+    except CacheStoreError as err:
+        error = GatewayError(503, f"the cache store could not be reached: {err}", type="api_error",
+                             code="cache_unavailable")
+        return Response(error.body(), status_code=503, media_type="application/json", headers={"retry-after": "1"})
+    body = {"deleted": deleted, "model": model, "tenant": tenant}
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+ROUTES = [health, ready, metrics, list_models, admin_backends, admin_cache, admin_cache_delete]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.api.asgi_io import Send
@@ -73,10 +73,13 @@ class StreamRelay:
         expected = self.features.max_output_tokens or round(stats.output_tokens or 0)
         return request_cost_usd(backend.config, stats, self.features.input_tokens, expected)
 
-    async def run(self, send: Send, result: StreamResult, request_id: bytes, watch: DisconnectWatch) -> None:
-        """Send the response: headers, every event, then the end of the body."""
+    async def run(
+        self, send: Send, result: StreamResult, request_id: bytes, watch: DisconnectWatch,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Send the response: headers (with `extra_headers`), every event, then the end of the body."""
         try:
-            await self._start(send, result, request_id)
+            await self._start(send, result, request_id, extra_headers)
         except BaseException:
             result.finish(ok=None)
             await result.stream.aclose()
@@ -103,7 +106,9 @@ class StreamRelay:
         watch.finish()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _start(self, send: Send, result: StreamResult, request_id: bytes) -> None:
+    async def _start(
+        self, send: Send, result: StreamResult, request_id: bytes, extra_headers: Sequence[tuple[bytes, bytes]]
+    ) -> None:
         await send({
             "type": "http.response.start",
             "status": 200,
@@ -115,6 +120,7 @@ class StreamRelay:
                 # the cost metric gets the counted one.
                 (b"x-gateway-cost-usd", f"{self.estimate_cost(result):.8f}".encode()),
                 (b"x-request-id", request_id),
+                *extra_headers,
             ],
         })
 

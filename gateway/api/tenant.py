@@ -29,3 +29,15 @@ class TenantNamer:
             key = authorization.removeprefix(b"Bearer ").strip()
             name = self._names[authorization] = "key-" + hashlib.sha256(key).hexdigest()[:12]
         return name
+
+
+def cache_tenant(authorization: bytes | None) -> str:
+    """The caller's identity in cache keys: exact, never capped or shared like the metric label.
+
+    It starts with the metric label (`key-` and the same 12 hex digits), so an operator can
+    delete a tenant's entries by the name the metrics show; 96 bits in all keep distinct keys apart.
+    """
+    if not authorization:
+        return "anonymous"
+    key = authorization.removeprefix(b"Bearer ").strip()
+    return "key-" + hashlib.sha256(key).hexdigest()[:24]

@@ -1,15 +1,14 @@
 """Where cached responses live: an in-process LRU (the embedded default) or a shared Redis.
 
-Both stores hold opaque bytes under namespaced string keys (the cache key module builds them,
-model and tenant first, so `delete_prefix` can drop one model's or one tenant's entries). A store
+Both stores hold opaque bytes under namespaced string keys (`gateway/cache/plan.py` builds them as
+`e/<model>/<tenant>/<digest>`, so `delete_matching` can drop one model's or one tenant's entries). A store
 never raises on the request path: a miss, an unstorable value and an unreachable store all look
 the same to the caller (None, False), because the request must go on to the backend regardless.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import fnmatch
 import re
 import time
 from collections import OrderedDict
@@ -19,20 +18,13 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.cache.redis_guard import REDIS_ERRORS, RedisCallFailed, RedisGuard
 from gateway.routing.shared_redis import describe_redis_url
-
-log = logging.getLogger("gateway.cache")
 
 Clock = Callable[[], float]
 MiB = 1024 * 1024
 
-# Errors that mean "Redis is away or too slow" (as opposed to Redis refusing one command), the
-# ones that open the breaker.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 # Keys per SCAN step and per UNLINK: big enough to be quick, small enough that one UNLINK never
 # holds Redis for long.
 _DELETE_BATCH = 500
@@ -56,8 +48,9 @@ class CacheStore(Protocol):
         """Store `value` for `ttl_s` seconds; False when it was not stored (too large, or the store is unavailable)."""
         ...
 
-    async def delete_prefix(self, prefix: str) -> int:
-        """Delete every key starting with `prefix`; the number deleted. Raises `CacheStoreError` if it cannot."""
+    async def delete_matching(self, pattern: str) -> int:
+        """Delete every key matching `pattern`, where `*` stands for any run of characters (keys are
+        built without other glob characters); the number deleted. Raises `CacheStoreError` if it cannot."""
         ...
 
     def describe(self) -> str:
@@ -126,8 +119,8 @@ class InProcessLRU:
             self.evictions += 1
         return True
 
-    async def delete_prefix(self, prefix: str) -> int:
-        doomed = [key for key in self._entries if key.startswith(prefix)]
+    async def delete_matching(self, pattern: str) -> int:
+        doomed = [key for key in self._entries if fnmatch.fnmatchcase(key, pattern)]
         for key in doomed:
             self._remove(key)
         return len(doomed)
@@ -153,6 +146,7 @@ class RedisStore:
     through to probe; its success closes the breaker, its failure keeps it open another `retry_s`.
     One WARNING is logged when Redis goes away and one INFO when it is back. `errors` counts failed
     calls, `skipped_while_down` the calls answered by the open breaker, `too_large` the refused values.
+    The connection and the breaker (`guard`) are shared with `RemoteFlights` on the same Redis.
     """
 
     def __init__(
@@ -168,14 +162,11 @@ class RedisStore:
         self.url = url
         self.key_prefix = key_prefix
         self.max_entry_bytes = max_entry_bytes
-        self.budget_s = budget_s
-        self.retry_s = retry_s
         self.clock = clock
-        self.errors = 0
-        self.skipped_while_down = 0
         self.too_large = 0
+        self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, clock=clock)
         # redis-py must not retry or wait on its own: the budget and the breaker decide.
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=False,
             socket_timeout=_ADMIN_SOCKET_TIMEOUT_S,
@@ -183,32 +174,36 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self._down_since: float | None = None
-        self._retry_at = float("-inf")
-        self._probing = False
 
     @property
     def available(self) -> bool:
         """False while the breaker is open (including while a probe is under way)."""
-        return self._down_since is None
+        return self.guard.available
+
+    @property
+    def budget_s(self) -> float:
+        return self.guard.budget_s
+
+    @property
+    def retry_s(self) -> float:
+        return self.guard.retry_s
+
+    @property
+    def errors(self) -> int:
+        return self.guard.errors
+
+    @property
+    def skipped_while_down(self) -> int:
+        return self.guard.skipped_while_down
 
     def describe(self) -> str:
         return describe_redis_url(self.url)
 
     async def get(self, key: str) -> bytes | None:
-        probe = self._admit()
-        if probe is None:
-            return None
         try:
-            async with asyncio.timeout(self.budget_s):
-                value = await self._redis.get(self.key_prefix + key)
-        except (*_UNREACHABLE, RedisError) as err:
-            self._failed(err, "get")
+            value = await self.guard.call("get", lambda: self.redis.get(self.key_prefix + key))
+        except RedisCallFailed:
             return None
-        finally:
-            if probe:
-                self._probing = False
-        self._succeeded()
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> bool:
@@ -219,79 +214,34 @@ class RedisStore:
         ttl_ms = int(ttl_s * 1000)
         if ttl_ms <= 0:
             return False
-        probe = self._admit()
-        if probe is None:
-            return False
         try:
-            async with asyncio.timeout(self.budget_s):
-                await self._redis.set(self.key_prefix + key, value, px=ttl_ms)
-        except (*_UNREACHABLE, RedisError) as err:
-            self._failed(err, "set")
+            await self.guard.call("set", lambda: self.redis.set(self.key_prefix + key, value, px=ttl_ms))
+        except RedisCallFailed:
             return False
-        finally:
-            if probe:
-                self._probing = False
-        self._succeeded()
         return True
 
-    async def delete_prefix(self, prefix: str) -> int:
+    async def delete_matching(self, pattern: str) -> int:
         # An admin action, not the request path: it ignores the breaker and the budget (each
         # command is bounded by the socket timeout) and reports failure instead of hiding it.
-        pattern = _glob_escape(self.key_prefix + prefix) + "*"
+        match = _glob_escape(self.key_prefix) + pattern
         deleted = 0
         try:
             batch: list[bytes] = []
-            async for name in self._redis.scan_iter(match=pattern, count=_DELETE_BATCH):
+            async for name in self.redis.scan_iter(match=match, count=_DELETE_BATCH):
                 batch.append(name)
                 if len(batch) >= _DELETE_BATCH:
-                    deleted += await self._redis.unlink(*batch)
+                    deleted += await self.redis.unlink(*batch)
                     batch = []
             if batch:
-                deleted += await self._redis.unlink(*batch)
-        except (*_UNREACHABLE, RedisError) as err:
-            self._failed(err, "delete")
-            raise CacheStoreError(f"deleting {prefix!r}* from {self.describe()} failed: {err}") from err
-        self._succeeded()
+                deleted += await self.redis.unlink(*batch)
+        except REDIS_ERRORS as err:
+            self.guard.failed(err, "delete")
+            raise CacheStoreError(f"deleting {pattern!r} from {self.describe()} failed: {err}") from err
+        self.guard.succeeded()
         return deleted
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
-
-    # -- breaker -------------------------------------------------------------------------------
-
-    def _admit(self) -> bool | None:
-        """None: skip the call (breaker open); False: an ordinary call; True: this call is the probe."""
-        if self._down_since is None:
-            return False
-        if self._probing or self.clock() < self._retry_at:
-            self.skipped_while_down += 1
-            return None
-        self._probing = True
-        return True
-
-    def _failed(self, err: BaseException, op: str) -> None:
-        self.errors += 1
-        if not isinstance(err, _UNREACHABLE):
-            # Redis answered but refused this one command (e.g. a foreign value under our key):
-            # Redis itself is fine, so the breaker stays closed.
-            log.error("response cache %s at %s failed: %s: %s", op, self.describe(), type(err).__name__, err)
-            return
-        now = self.clock()
-        self._retry_at = now + self.retry_s
-        if self._down_since is not None:
-            return
-        self._down_since = now
-        reason = f"no answer within {self.budget_s * 1000:g} ms" if isinstance(err, TimeoutError) else str(err)
-        log.warning("response cache at %s unavailable (%s: %s); serving without the cache, retrying every %g s",
-                    self.describe(), type(err).__name__, reason, self.retry_s)
-
-    def _succeeded(self) -> None:
-        if self._down_since is None:
-            return
-        away = self.clock() - self._down_since
-        self._down_since = None
-        log.info("response cache at %s is reachable again after %.1f s (%d calls skipped meanwhile)",
-                 self.describe(), away, self.skipped_while_down)
+        await self.redis.aclose()
 
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")

@@ -93,7 +93,8 @@ def refuse(request: web.Request) -> web.StreamResponse:
 
 
 def control_routes(runtime: EmulatorRuntime) -> list[web.RouteDef]:
-    """`GET/POST /__emulator/knobs`: read or change a running emulator's knobs."""
+    """`GET/POST /__emulator/knobs`: read or change a running emulator's knobs; `GET /__emulator/stats`:
+    requests served so far, running and waiting."""
 
     async def get_knobs(_request: web.Request) -> web.Response:
         return web.Response(body=msgspec.json.encode(runtime.knobs), content_type="application/json")
@@ -105,7 +106,13 @@ def control_routes(runtime: EmulatorRuntime) -> list[web.RouteDef]:
             return web.json_response({"error": str(err)}, status=400)
         return web.Response(body=msgspec.json.encode(knobs), content_type="application/json")
 
-    return [web.get("/__emulator/knobs", get_knobs), web.post("/__emulator/knobs", set_knobs)]
+    async def get_stats(_request: web.Request) -> web.Response:
+        # How many requests reached the model: what tests of coalescing and caching count.
+        stats = {"requests_total": runtime.requests_total, "running": runtime.running, "waiting": runtime.waiting}
+        return web.Response(body=msgspec.json.encode(stats), content_type="application/json")
+
+    return [web.get("/__emulator/knobs", get_knobs), web.post("/__emulator/knobs", set_knobs),
+            web.get("/__emulator/stats", get_stats)]
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:

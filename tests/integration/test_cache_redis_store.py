@@ -81,21 +81,21 @@ async def test_an_oversized_value_is_refused(redis_server: RedisServer, stores: 
     assert store.available and store.errors == 0
 
 
-async def test_delete_prefix(redis_server: RedisServer, stores: StoreFactory) -> None:
+async def test_delete_matching(redis_server: RedisServer, stores: StoreFactory) -> None:
     store = stores(redis_server.url)
-    other = stores(redis_server.url, key_prefix="other:")
-    keys = [f"m1:t1:{i}" for i in range(1200)] + ["m1:t2:a", "m2:t1:a", "m1:t*:glob"]  # more than one batch
+    other = stores(redis_server.url, key_prefix="other[1]:")  # glob characters in the prefix are literal
+    keys = [f"e/m1/t1/{i}" for i in range(1200)] + ["e/m1/t2/a", "e/m2/t1/a", "e/m2/t10/a"]  # > one batch
     for key in keys:
         assert await store.set(key, b"v", ttl_s=60)
-    assert await other.set("m1:t1:0", b"theirs", ttl_s=60)
+    assert await other.set("e/m1/t1/0", b"theirs", ttl_s=60)
 
-    assert await store.delete_prefix("m1:t1:") == 1200
-    assert await store.get("m1:t1:7") is None
-    assert await store.get("m1:t2:a") == b"v"
-    assert await store.delete_prefix("m1:t*") == 1  # glob characters in a prefix are literal
-    assert await store.get("m1:t2:a") == b"v"
-    assert await store.delete_prefix("") == 2
-    assert await other.get("m1:t1:0") == b"theirs"  # another prefix's keys are untouched
+    assert await store.delete_matching("e/m1/t1/*") == 1200
+    assert await store.get("e/m1/t1/7") is None
+    assert await store.get("e/m1/t2/a") == b"v"
+    assert await store.delete_matching("e/*/t1/*") == 1  # one tenant across models, not t10
+    assert await store.get("e/m2/t10/a") == b"v"
+    assert await store.delete_matching("e/*/*/*") == 2
+    assert await other.get("e/m1/t1/0") == b"theirs"  # another prefix's keys are untouched
 
 
 async def test_redis_killed_calls_give_up_then_skip_then_recover(
@@ -118,7 +118,7 @@ async def test_redis_killed_calls_give_up_then_skip_then_recover(
     assert store.errors == 1  # skipped calls never touch the network
 
     with pytest.raises(CacheStoreError):
-        await returns(store.delete_prefix(""))  # admin calls report the failure instead of hiding it
+        await returns(store.delete_matching("e/*"))  # admin calls report the failure instead of hiding it
 
     redis_server.restart()  # an empty Redis on the same port
 
@@ -145,7 +145,11 @@ async def test_a_silent_redis_costs_at_most_the_budget(stores: StoreFactory) -> 
     try:
         store = stores(f"redis://127.0.0.1:{port}/0", retry_s=60)
         assert await returns(store.get("k")) is None
-        assert not store.available and store.errors == 1
+        # One slow answer costs that call only: the breaker opens on the third in a row.
+        assert store.available and store.errors == 1
+        assert await returns(store.get("k")) is None
+        assert await returns(store.set("k", b"v", ttl_s=60)) is False
+        assert not store.available and store.errors == 3
         assert await returns(store.set("k", b"v", ttl_s=60)) is False
         assert store.skipped_while_down == 1
     finally:

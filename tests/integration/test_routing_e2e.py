@@ -214,7 +214,9 @@ def _stream_text(gw: GatewayProcess) -> tuple[str, str, list[str | None]]:
 
 def test_a_stream_cut_mid_way_is_resumed_on_another_backend(tmp_path: Path) -> None:
     with emulators(tmp_path, "a", "b") as backends:
-        config = gateway_config(backends, [{"model": MODEL, "backends": ["a", "b"], "resume": True}])
+        # Cache off: the second, identical request must reach the backend that cuts it.
+        config = gateway_config(backends, [{"model": MODEL, "backends": ["a", "b"], "resume": True,
+                                            "cache": {"mode": "off"}}])
         with gateway(config, tmp_path) as gw:
             _, whole, _ = _stream_text(gw)  # what an uninterrupted stream says
             backends["a"].knobs(fault="cut_stream", fault_after_tokens=5)

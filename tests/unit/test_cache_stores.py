@@ -81,14 +81,15 @@ async def test_an_oversized_entry_is_refused() -> None:
     assert await store.set("fits", b"x" * 100, ttl_s=60)
 
 
-async def test_delete_prefix() -> None:
+async def test_delete_matching() -> None:
     store = InProcessLRU()
-    for key in ("m1:t1:a", "m1:t1:b", "m1:t2:a", "m2:t1:a"):
+    for key in ("e/m1/t1/a", "e/m1/t1/b", "e/m1/t2/a", "e/m2/t1/a", "e/m2/t10/a"):
         await store.set(key, b"v", ttl_s=60)
-    assert await store.delete_prefix("m1:t1:") == 2
-    assert await store.get("m1:t1:a") is None and await store.get("m1:t2:a") == b"v"
-    assert await store.delete_prefix("m1:") == 1
-    assert await store.delete_prefix("nothing:") == 0
-    assert await store.get("m2:t1:a") == b"v"
-    assert await store.delete_prefix("") == 1
+    assert await store.delete_matching("e/m1/t1/*") == 2
+    assert await store.get("e/m1/t1/a") is None and await store.get("e/m1/t2/a") == b"v"
+    assert await store.delete_matching("e/*/t1/*") == 1  # one tenant, every model; t10 is another tenant
+    assert await store.get("e/m2/t10/a") == b"v"
+    assert await store.delete_matching("e/m1/*/*") == 1
+    assert await store.delete_matching("e/nothing/*/*") == 0
+    assert await store.delete_matching("e/*/*/*") == 1
     assert len(store) == 0 and store.size_bytes == 0
