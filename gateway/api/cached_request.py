@@ -88,11 +88,13 @@ class CachedRequest:
             cache.count(self.route_name, "miss")
             return await self._produce(send, Flight(plan.digest), None, serve_backend)
         for _ in range(_MAX_ROUNDS):
-            entry = await cache.lookup(plan)
-            if entry is not None:
-                cache.count(self.route_name, "hit")
-                await self.send_entry(send, entry, b"hit")
-                return CACHE_LABEL
+            if cache.remote is None:
+                # In-process store: a lookup is a dict access, cheaper than a flight for every hit.
+                entry = await cache.lookup(plan)
+                if entry is not None:
+                    cache.count(self.route_name, "hit")
+                    await self.send_entry(send, entry, b"hit")
+                    return CACHE_LABEL
             flight, leads = cache.flights.join(plan.digest)
             if leads:
                 served = await self._lead(send, flight, serve_backend)
@@ -109,25 +111,24 @@ class CachedRequest:
 
     async def _lead(self, send: Send, flight: Flight, serve_backend: ServeBackend) -> str | None:
         """Answer as this process's leader; None when another replica already answers (then follow)."""
-        cache, plan = self.cache, self.plan
+        cache = self.cache
         handed_over = False
         try:
             lead: RemoteLead | None = None
             if cache.remote is not None:
-                lead = await cache.remote.lead(plan.digest)
-                if lead is None:
+                # One round trip to Redis: the stored answer, or the lock, or word that another replica leads.
+                claimed = await cache.claim(self.plan)
+                if claimed.entry is not None:
+                    flight.from_store = True
+                    flight.complete(claimed.entry)  # identical requests already waiting here get it too
+                    cache.count(self.route_name, "hit")
+                    await self.send_entry(send, claimed.entry, b"hit")
+                    return CACHE_LABEL
+                if claimed.follow:
                     _keep(asyncio.create_task(self._follow_remote(flight)))
                     handed_over = True  # the task lands the flight when the other replica is done
                     return None
-                if lead.shared:
-                    # Stored by another replica between our miss and our lock: no backend call needed.
-                    entry = await cache.lookup(plan)
-                    if entry is not None:
-                        flight.complete(entry)
-                        await lead.complete(entry)
-                        cache.count(self.route_name, "hit")
-                        await self.send_entry(send, entry, b"hit")
-                        return CACHE_LABEL
+                lead = claimed.lead
             cache.count(self.route_name, "miss")
             return await self._produce(send, flight, lead, serve_backend)
         finally:
@@ -143,8 +144,9 @@ class CachedRequest:
         def client_gone() -> None:
             tee.muted = True
 
-        # Followers read this answer: a hang-up of this client must not cut it off for them.
-        self.watch.hold_while(lambda: flight.followers > 0, client_gone)
+        # Followers read this answer, here or on other replicas: a hang-up of this client must not
+        # cut it off for them.
+        self.watch.hold_while(lambda: flight.followers > 0 or (lead is not None and lead.sharing), client_gone)
         try:
             backend = await serve_backend(tee, [(b"x-gateway-cache", b"miss")])
         except BaseException:
@@ -161,9 +163,7 @@ class CachedRequest:
             log.info("answer for %s not cached: %s", self.route_name, why)
             return backend
         flight.complete(entry)
-        outcome = await cache.save(self.plan, entry, self.route_config)
-        if lead is not None:
-            await lead.complete(entry)
+        outcome = await cache.save(self.plan, entry, self.route_config, lead)
         log.debug("answer for %s from %s: %s", self.route_name, backend, outcome)
         return backend
 
@@ -190,8 +190,9 @@ class CachedRequest:
             except FlightFailed as err:
                 log.info("identical request's leader failed (%s); trying again", err.reason)
                 return None
-            self.cache.count(self.route_name, "coalesced")
-            await self.send_entry(send, entry, b"coalesced")
+            result = "hit" if flight.from_store else "coalesced"
+            self.cache.count(self.route_name, result)
+            await self.send_entry(send, entry, result.encode())
             return CACHE_LABEL
         replay = StreamReplay(include_usage=self.include_usage)
         started = False
@@ -215,10 +216,12 @@ class CachedRequest:
             return CACHE_LABEL
         done = flight.entry
         assert done is not None  # `follow` returns only once the flight completed
-        self.cache.count(self.route_name, "coalesced")
-        if not started:  # the leader's answer was a whole body: replay it as a stream
-            await self.send_entry(send, done, b"coalesced")
+        if not started:  # the answer came whole (a body, or from the store): replay it as a stream
+            result = "hit" if flight.from_store else "coalesced"
+            self.cache.count(self.route_name, result)
+            await self.send_entry(send, done, result.encode())
             return CACHE_LABEL
+        self.cache.count(self.route_name, "coalesced")
         await send({"type": "http.response.body", "body": self.rename(replay.end(done)), "more_body": True})
         await send(_END)
         return CACHE_LABEL

@@ -37,11 +37,13 @@ class Flight:
     change, so a publish costs one list append and (only when someone waits) one wake-up.
     """
 
-    __slots__ = ("_changed", "_failure", "_followers", "_payloads", "digest", "entry")
+    __slots__ = ("_changed", "_failure", "_followers", "_payloads", "digest", "entry", "from_store")
 
     def __init__(self, digest: str) -> None:
         self.digest = digest
         self.entry: CacheEntry | None = None
+        # True when the leader found the answer stored: its followers got a cache hit, not a coalesced call.
+        self.from_store = False
         self._payloads: list[bytes] = []
         self._failure: str | None = None
         self._followers = 0

@@ -116,8 +116,9 @@ def _segment(text: str) -> str:
 
 
 def store_key(key: CacheKey) -> str:
-    """Where an entry lives in a store: `e/<model>/<tenant>/<digest>`, so deletion can match either part."""
-    return f"{_ENTRY_PREFIX}{_segment(key.model)}/{_segment(key.tenant)}/{key.digest}"
+    """Where an entry lives in a store: `e/<model>/<tenant>/{<digest>}`, so deletion can match either part.
+    The braces make the digest a Redis Cluster hash tag: the entry shares a slot with its flight's keys."""
+    return f"{_ENTRY_PREFIX}{_segment(key.model)}/{_segment(key.tenant)}/{{{key.digest}}}"
 
 
 def entry_pattern(model: str | None = None, tenant: str | None = None) -> str:

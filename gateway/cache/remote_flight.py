@@ -1,12 +1,13 @@
 """Single-flight across gateway replicas, through the response cache's Redis.
 
-A replica that misses the cache takes `lock:<digest>` (SET NX PX) and becomes the leader; the others
-follow it by reading `flight:<digest>`, a Redis stream of the leader's messages, into a local `Flight`.
-The stream opens with a start message naming the leader and its lead token, then one message per
-payload, then an end message (the encoded entry) or a fail message; it expires a while after the
-last write, so nothing stays behind. Every write is a Lua script that first checks that the lock and
-the stream are still this lead's, so a leader that lost its lock (it stalled past the lock's TTL and
-someone else took over) can never write into, or release, its successor's flight.
+A replica that misses the cache takes `lock:{<digest>}` and becomes the leader, in the same script
+that looked the answer up (one round trip, and an answer stored meanwhile is never missed). The others
+follow it by reading `flight:{<digest>}`, a Redis stream of the leader's messages, into a local
+`Flight`: a start message naming the leader and its lead token, the payloads, then an end message
+(the encoded entry, which the same script stores in the cache) or a fail message. Payloads are only
+written once a follower asks for them on the `flight-wanted` channel: most answers have no follower on
+another replica, and writing every chunk of every stream to Redis would cost each miss a round trip per
+chunk for nobody. Keys carry the digest as a hash tag, so a script's keys share a Redis Cluster slot.
 
 Everything runs on the `RedisStore`'s connection pool and behind its breaker and time budget: when
 Redis is away, a replica simply answers from its backend, alone, as it would without the cache.
@@ -21,14 +22,15 @@ import os
 import secrets
 import socket
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.cache.entry import CacheEntry, decode_entry, encode_entry
 from gateway.cache.flight import Flight
 from gateway.cache.redis_guard import RedisCallFailed
+from gateway.cache.remote_flight_lua import CLAIM, WRITE
 from gateway.cache.stores import RedisStore
 
-__all__ = ["RemoteFlights", "RemoteLead"]
+__all__ = ["Claim", "RemoteFlights", "RemoteLead"]
 
 log = logging.getLogger("gateway.cache")
 
@@ -38,38 +40,18 @@ _LINGER_S = 60.0
 _WRITE_BATCH = 256
 # Stream entries per read.
 _READ_BATCH = 512
+# How long a follower's request for payloads waits for the lead it is about to be registered.
+_WANTED_EARLY_S = 5.0
 
 # Message types in the stream (field `t`).
 _START, _PAYLOAD, _END, _FAIL = b"s", b"p", b"e", b"f"
 
-# KEYS: lock, stream. ARGV: owner, lock ttl ms, lead token, stream ttl ms.
-# Takes the lock and opens a fresh stream: an old flight's leftovers must not be read as this one's.
-_LEAD = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[2], '*', 't', 's', 'o', ARGV[1], 'l', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
+class Claim(NamedTuple):
+    """What `RemoteFlights.claim` found: the stored answer, or this replica's lead, or neither
+    (another replica leads: follow it)."""
 
-# KEYS: lock, stream. ARGV: owner, lead token, stream ttl ms, lock ttl ms ('0': release the lock),
-# then (type, data) pairs to append. Writes and refreshes only while the lock is the owner's and the
-# stream opens with this lead's token (compare-and-set: never another lead's lock or stream).
-_WRITE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-if not first or first[2][6] ~= ARGV[2] then return 0 end
-for i = 5, #ARGV, 2 do
-  redis.call('XADD', KEYS[2], '*', 't', ARGV[i], 'd', ARGV[i + 1])
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if ARGV[4] == '0' then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-return 1
-"""
+    stored: bytes | None
+    lead: RemoteLead | None
 
 
 def default_owner() -> str:
@@ -94,42 +76,65 @@ class RemoteFlights:
         self.guard = store.guard
         self.clock = store.clock
         self.lost_leads = 0  # leads whose stream could not be written to the end (followers went alone)
-        self._lead_script = store.redis.register_script(_LEAD)
-        self._write_script = store.redis.register_script(_WRITE)
+        self._claim_script = store.redis.register_script(CLAIM)
+        self._write_script = store.redis.register_script(WRITE)
         self._lock_ms = max(1, int(lock_ttl_s * 1000))
         self._stream_ms = int((lock_ttl_s + _LINGER_S) * 1000)
-        self._leads: set[RemoteLead] = set()
+        self._leads: dict[str, RemoteLead] = {}
         self._undoing: set[asyncio.Task[None]] = set()
+        # Digests a follower asked for before this replica's lead was registered (the request and
+        # the lead's reply race on two connections), kept briefly.
+        self._wanted_early: dict[str, float] = {}
+        self._listener: asyncio.Task[None] | None = None
 
     def lock_key(self, digest: str) -> str:
-        return f"{self.store.key_prefix}lock:{digest}"
+        return f"{self.store.key_prefix}lock:{{{digest}}}"
 
     def stream_key(self, digest: str) -> str:
-        return f"{self.store.key_prefix}flight:{digest}"
+        return f"{self.store.key_prefix}flight:{{{digest}}}"
+
+    @property
+    def wanted_channel(self) -> str:
+        return f"{self.store.key_prefix}flight-wanted"
 
     async def lead(self, digest: str) -> RemoteLead | None:
-        """None when another replica leads `digest` (follow it); otherwise a lead, `shared` when this
-        replica took the lock, a no-op one when Redis cannot be used now. Never raises."""
+        """`claim` without a cache lookup: None when another replica leads `digest`, else a lead."""
+        return (await self.claim(digest, None)).lead
+
+    async def claim(self, digest: str, entry_key: str | None) -> Claim:
+        """Look `entry_key` up and, when it is absent, take the lead for `digest`, in one round trip.
+
+        `stored` is the stored value when there is one. Otherwise `lead` is this replica's lead
+        (`shared` when it took the lock; a no-op lead when Redis cannot be used now) or None when
+        another replica leads (the caller follows). Bounded by the store's budget; never raises.
+        """
+        self._listen()
         token = secrets.token_hex(8)
-        keys = [self.lock_key(digest), self.stream_key(digest)]
+        entry = self.store.key_prefix + entry_key if entry_key is not None else ""
+        keys = [entry, self.lock_key(digest), self.stream_key(digest)]
         args: list[str | int] = [self.owner, self._lock_ms, token, self._stream_ms]
         try:
-            took = await self.guard.call("flight lock", lambda: self._lead_script(keys=keys, args=args))
+            reply = await self.guard.call("lookup and lock", lambda: self._claim_script(keys=keys, args=args))
         except RedisCallFailed as err:
             if err.__cause__ is not None:
                 self._undo(digest, token)  # it may have taken the lock unseen: others would wait on it
-            return RemoteLead(None, digest, token)
+            return Claim(None, RemoteLead(None, digest, token))
         except asyncio.CancelledError:
             self._undo(digest, token)
             raise
         except Exception:  # a bug must cost coalescing, never the request
             log.exception("response cache: taking the flight lock for %s failed", digest)
-            return RemoteLead(None, digest, token)
-        if not took:
-            return None
+            return Claim(None, RemoteLead(None, digest, token))
+        outcome = int(reply[0])
+        if outcome == 1:
+            return Claim(bytes(reply[1]), None)
+        if outcome != 2:
+            return Claim(None, None)
         lead = RemoteLead(self, digest, token)
-        self._leads.add(lead)
-        return lead
+        self._leads[digest] = lead
+        if self._wanted_early.pop(digest, None) is not None:
+            lead.share()
+        return Claim(None, lead)
 
     async def follow(self, digest: str, into: Flight, idle_timeout_s: float) -> bool:
         """Copy the remote leader's payloads into `into` and complete it with the leader's entry: True.
@@ -139,6 +144,8 @@ class RemoteFlights:
         start, so a late follower sees every payload. Never raises, except `CancelledError`.
         """
         try:
+            # Ask the leader to stream its payloads (it writes none until someone follows).
+            await self.guard.call("flight wanted", partial(self.store.redis.publish, self.wanted_channel, digest))
             return await self._follow(digest, into, idle_timeout_s)
         except RedisCallFailed:
             return False
@@ -148,19 +155,26 @@ class RemoteFlights:
 
     async def aclose(self) -> None:
         """Abort the leads still open (their followers go to their backends); the store is closed by its owner."""
-        for lead in list(self._leads):
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait({self._listener}, timeout=2.0)
+        for lead in list(self._leads.values()):
             await lead.abort("gateway closing")
         for task in list(self._undoing):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
 
     async def _write(
-        self, digest: str, token: str, messages: list[tuple[bytes, bytes]], *, final: bool = False, guarded: bool = True
+        self, digest: str, token: str, messages: list[tuple[bytes, bytes]], *, final: bool = False,
+        guarded: bool = True, store: tuple[str, float] | None = None,
     ) -> bool:
         """One write script call for a lead; False when it failed or the lock or stream is no longer the lead's.
-        `final` releases the lock instead of refreshing it."""
-        keys = [self.lock_key(digest), self.stream_key(digest)]
-        args: list[bytes | str | int] = [self.owner, token, self._stream_ms, 0 if final else self._lock_ms]
+        `final` releases the lock instead of refreshing it; `store` (entry key, ttl) also stores the data of
+        the last message under that key."""
+        entry = self.store.key_prefix + store[0] if store is not None else ""
+        keys = [self.lock_key(digest), self.stream_key(digest), entry]
+        ttl_ms = max(1, int(store[1] * 1000)) if store is not None else 0
+        args: list[bytes | str | int] = [self.owner, token, self._stream_ms, 0 if final else self._lock_ms, ttl_ms]
         for kind, data in messages:
             args += (kind, data)
         if not guarded:
@@ -170,6 +184,41 @@ class RemoteFlights:
         except RedisCallFailed:
             return False
         return bool(done)
+
+    def _listen(self) -> None:
+        """Start listening for followers' requests for payloads (once, on the first claim)."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen_forever(), name="flight-wanted")
+
+    async def _listen_forever(self) -> None:
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.wanted_channel)
+                async for message in pubsub.listen():
+                    self._wanted(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # Redis away: the breaker logs it; followers then get only the end
+                log.debug("response cache: flight-wanted listener: %s", err)
+            finally:
+                # Bounded: closing a subscription cancelled mid-connect can wait on that connect.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await pubsub.aclose()
+            await asyncio.sleep(self.store.guard.retry_s)
+
+    def _wanted(self, data: Any) -> None:
+        if not isinstance(data, bytes):
+            return
+        digest = data.decode("ascii", "replace")
+        lead = self._leads.get(digest)
+        if lead is not None:
+            lead.share()
+            return
+        now = self.clock()
+        self._wanted_early = {d: t for d, t in self._wanted_early.items() if now - t < _WANTED_EARLY_S}
+        self._wanted_early[digest] = now
 
     def _undo(self, digest: str, token: str) -> None:
         """In the background, fail and release a lock that `lead` may have taken without hearing so."""
@@ -255,10 +304,11 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
 class RemoteLead:
     """This replica's lead of one flight; `shared` False for a no-op lead (Redis unusable, go alone).
 
-    `publish` only queues: a background task writes queued payloads in batches (one script call each,
-    order kept) and, when there is nothing to write, refreshes the lock every third of its TTL. Writing
-    failures are booked on the store's guard and end the sharing (followers go to their backends);
-    they never reach the request.
+    Payloads are queued, and written only once `share()` is called (a follower on another replica
+    asked for them): then a background task writes the queue from the first payload on, in batches
+    (one script call each, order kept). A lead that lives past a third of the lock's TTL gets the same
+    task to keep its lock alive. Writing failures are booked on the store's guard and end the sharing
+    (followers go to their backends); they never reach the request.
     """
 
     def __init__(self, flights: RemoteFlights | None, digest: str, token: str) -> None:
@@ -267,67 +317,102 @@ class RemoteLead:
         self._flights = flights
         self._token = token
         self._pending: list[bytes] = []
+        self._sharing = False
         self._wake = asyncio.Event()
         self._closing = False
         self._finished = not self.shared
         self._broken = False
         self._task: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
         if flights is not None:
-            self._task = asyncio.create_task(self._run(flights), name=f"flight-lead-{digest[:12]}")
+            # Most answers end well within the lock's TTL: a timer, not a task, until one does not.
+            loop = asyncio.get_running_loop()
+            self._keepalive = loop.call_later(flights.lock_ttl_s / 3, self._start)
+
+    @property
+    def sharing(self) -> bool:
+        """Whether payloads are being written for followers on other replicas."""
+        return self._sharing
+
+    def share(self) -> None:
+        """A follower on another replica wants the payloads: write them all, and every one after."""
+        if self._sharing or self._finished:
+            return
+        self._sharing = True
+        self._start()
+        self._wake.set()
 
     def publish(self, payload: bytes) -> None:
         """Queue one payload for the followers; never blocks, never raises."""
         if self._closing or self._broken:
             return
         self._pending.append(payload)
-        self._wake.set()
+        if self._sharing:
+            self._wake.set()
 
-    async def complete(self, entry: CacheEntry) -> None:
-        """Flush, append the end message carrying the entry, release the lock. Never raises."""
-        await self._finish(_END, encode_entry(entry))
+    async def complete(self, entry: CacheEntry, store: tuple[str, float] | None = None) -> bool:
+        """Flush, append the end message carrying the entry (and with `store`, an (entry key, ttl_s),
+        store it in the cache in the same call), release the lock; whether it was written. Never raises."""
+        return await self._finish(_END, encode_entry(entry), store)
 
     async def abort(self, reason: str) -> None:
         """Flush, append a fail message, release the lock. Never raises."""
-        await self._finish(_FAIL, reason.encode())
+        await self._finish(_FAIL, reason.encode(), None)
+
+    def _start(self) -> None:
+        if self._task is None and not self._finished and self._flights is not None:
+            self._task = asyncio.create_task(self._run(self._flights), name=f"flight-lead-{self.digest[:12]}")
+
+    def _forget(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if self._flights is not None and self._flights._leads.get(self.digest) is self:
+            del self._flights._leads[self.digest]
 
     def _halt(self) -> None:
         """Stop every background write without a word to Redis: what a crashed leader looks like."""
         self._finished = self._closing = True
         if self._task is not None:
             self._task.cancel()
-        if self._flights is not None:
-            self._flights._leads.discard(self)
+        self._forget()
 
-    async def _finish(self, kind: bytes, data: bytes) -> None:
+    async def _finish(self, kind: bytes, data: bytes, store: tuple[str, float] | None) -> bool:
         if self._finished or self._flights is None:
-            return
+            return False
         self._finished = self._closing = True
-        self._wake.set()
         flights = self._flights
+        if not self._sharing:
+            self._pending.clear()  # nobody asked: the end message alone carries the answer
+        self._wake.set()
         try:
             if self._task is not None:
                 await self._task  # drains what is queued, so the end comes after every payload
-            if not self._broken:
-                if not await flights._write(self.digest, self._token, [(kind, data)], final=True):
-                    flights.lost_leads += 1
+            if self._broken:
+                return False
+            if await flights._write(self.digest, self._token, [(kind, data)], final=True, store=store):
+                return True
+            flights.lost_leads += 1
         except Exception:
             log.exception("response cache: ending the flight for %s failed", self.digest)
         finally:
-            flights._leads.discard(self)
+            self._forget()
+        return False
 
     async def _run(self, flights: RemoteFlights) -> None:
         interval = flights.lock_ttl_s / 3
         refreshed = flights.clock()
         try:
             while True:
-                if not self._pending and not self._closing:
+                writable = self._pending if self._sharing else []
+                if not writable and not self._closing:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(0.0, refreshed + interval - flights.clock())):
                             await self._wake.wait()
-                if self._pending:
-                    batch = self._pending[:_WRITE_BATCH]
-                    del self._pending[:_WRITE_BATCH]
+                    writable = self._pending if self._sharing else []
+                if writable:
+                    batch = writable[:_WRITE_BATCH]
+                    del writable[:_WRITE_BATCH]
                     ok = await flights._write(self.digest, self._token, [(_PAYLOAD, payload) for payload in batch])
                 elif self._closing:
                     return

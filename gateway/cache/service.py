@@ -10,17 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.cache.entry import CacheEntry, decode_entry, encode_entry
 from gateway.cache.flight import FlightTable
 from gateway.cache.plan import CachePlan, entry_pattern
 from gateway.cache.record import unstorable_reason
-from gateway.cache.remote_flight import RemoteFlights
+from gateway.cache.remote_flight import RemoteFlights, RemoteLead
 from gateway.cache.settings import CacheConfig, RouteCacheConfig
 from gateway.cache.stores import CacheStore, InProcessLRU, RedisStore
 
 log = logging.getLogger("gateway.cache")
+
+
+class Claimed(NamedTuple):
+    """A claim's outcome: the stored `entry`; or `lead` (answer it; a no-op lead without Redis
+    coordination); or `follow` (another replica answers it)."""
+
+    entry: CacheEntry | None
+    lead: RemoteLead | None
+    follow: bool
 
 
 class CacheBooks:
@@ -84,7 +93,26 @@ class ResponseCache:
 
     async def lookup(self, plan: CachePlan) -> CacheEntry | None:
         """The stored answer for `plan`, or None (absent, expired, unreadable, or the store did not answer)."""
-        data = await self.store.get(plan.store)
+        return self._decode(await self.store.get(plan.store))
+
+    async def claim(self, plan: CachePlan) -> Claimed:
+        """The stored answer, or the right to answer (a lead), or word that another replica answers.
+
+        With Redis the lookup and the lock are one round trip; the in-process store has no replicas
+        to agree with, so a miss there is always a (local) lead.
+        """
+        remote = self.remote
+        if remote is None:
+            return Claimed(await self.lookup(plan), None, follow=False)
+        claim = await remote.claim(plan.digest, plan.store)
+        if claim.stored is not None:
+            entry = self._decode(claim.stored)
+            if entry is not None:
+                return Claimed(entry, None, follow=False)
+            claim = await remote.claim(plan.digest, None)  # unreadable: answer it afresh, and overwrite it
+        return Claimed(None, claim.lead, follow=claim.lead is None)
+
+    def _decode(self, data: bytes | None) -> CacheEntry | None:
         if data is None:
             return None
         entry = decode_entry(data)
@@ -95,24 +123,36 @@ class ResponseCache:
         self.books.served_bytes += len(data)
         return entry
 
-    async def save(self, plan: CachePlan, entry: CacheEntry, route: RouteCacheConfig) -> str:
-        """Store a complete answer if the plan and the answer allow; what happened, for logs and tests."""
+    async def save(
+        self, plan: CachePlan, entry: CacheEntry, route: RouteCacheConfig, lead: RemoteLead | None = None
+    ) -> str:
+        """Store a complete answer if the plan and the answer allow, and end `lead` (its followers get the
+        answer; with Redis one script does both); what happened, for logs and tests."""
+        data: bytes | None = None
         if not plan.write:
-            return "not stored: the request said no-store"
-        reason = unstorable_reason(entry, store_length=route.store_length)
-        if reason is not None:
+            outcome = "not stored: the request said no-store"
+        elif (reason := unstorable_reason(entry, store_length=route.store_length)) is not None:
             self._not_stored(reason)
-            return f"not stored: {reason}"
-        data = encode_entry(entry)
-        if len(data) > self.config.max_entry_bytes:
+            outcome = f"not stored: {reason}"
+        elif len(data := encode_entry(entry)) > self.config.max_entry_bytes:
             self._not_stored("too large")
-            return "not stored: too large"
-        if not await self.store.set(plan.store, data, plan.ttl_s):
+            data, outcome = None, "not stored: too large"
+        else:
+            outcome = "stored"
+        if lead is not None and lead.shared:
+            written = await lead.complete(entry, store=(plan.store, plan.ttl_s) if data is not None else None)
+        elif data is not None:
+            written = await self.store.set(plan.store, data, plan.ttl_s)
+        else:
+            return outcome
+        if data is None:
+            return outcome
+        if not written:
             self.books.write_failures += 1
             return "not stored: the store did not take it"
         self.books.stored += 1
         self.books.stored_bytes += len(data)
-        return "stored"
+        return outcome
 
     def _not_stored(self, reason: str) -> None:
         self.books.not_stored[reason] = self.books.not_stored.get(reason, 0) + 1

@@ -9,6 +9,7 @@ lead. Nothing here asserts a duration: calls that must not hang are guarded by a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -60,6 +61,13 @@ async def replica() -> AsyncIterator[Replicas]:
         await flights.store.aclose()
 
 
+async def until_true(predicate: Callable[[], bool], within: float = GUARD_S) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 async def shared_lead(flights: RemoteFlights, digest: str = DIGEST) -> RemoteLead:
     lead = await returns(flights.lead(digest))
     assert lead is not None and lead.shared
@@ -72,8 +80,8 @@ async def test_a_second_replica_follows_the_first(redis_server: RedisServer, rep
     assert await returns(b.lead(DIGEST)) is None  # the other replica follows
     assert await returns(a.lead(DIGEST)) is None  # and so would this one's next request
     with redis_server.client() as client:
-        assert client.get(f"{PREFIX}lock:{DIGEST}") == "a"
-        assert client.type(f"{PREFIX}flight:{DIGEST}") == "stream"
+        assert client.get(f"{PREFIX}lock:{{{DIGEST}}}") == "a"
+        assert client.type(f"{PREFIX}flight:{{{DIGEST}}}") == "stream"
 
     lead.publish(b"one")
     lead.publish(b"two")
@@ -89,8 +97,8 @@ async def test_a_second_replica_follows_the_first(redis_server: RedisServer, rep
     assert into.entry == entry
     assert await returns(local) == [b"one", b"two", b"three"]
     with redis_server.client() as client:
-        assert not client.exists(f"{PREFIX}lock:{DIGEST}")  # released
-        assert 0 < client.pttl(f"{PREFIX}flight:{DIGEST}")  # the stream expires on its own
+        assert not client.exists(f"{PREFIX}lock:{{{DIGEST}}}")  # released
+        assert 0 < client.pttl(f"{PREFIX}flight:{{{DIGEST}}}")  # the stream expires on its own
 
     # A finished flight's lock is free: the next miss leads a new flight, which starts from scratch.
     again = await shared_lead(b)
@@ -106,13 +114,34 @@ async def test_a_second_replica_follows_the_first(redis_server: RedisServer, rep
 async def test_a_late_follower_gets_a_finished_flight_at_once(redis_server: RedisServer, replica: Replicas) -> None:
     a, b = replica(redis_server.url, "a"), replica(redis_server.url, "b")
     lead = await shared_lead(a)
-    payloads = [f"chunk {i}".encode() for i in range(700)]  # more than one write batch and one read batch
-    for payload in payloads:
-        lead.publish(payload)
+    for i in range(5):
+        lead.publish(f"chunk {i}".encode())
     await returns(lead.complete(answer()))
+    assert not lead.sharing  # nobody asked: the payloads never went to Redis, the end carries the answer
 
     into = Flight(DIGEST)
     assert await returns(b.follow(DIGEST, into, GUARD_S)) is True
+    assert into.entry == answer()
+    assert await returns(collect(into)) == []
+
+
+async def test_payloads_go_to_redis_once_a_follower_asks_from_the_first_one(
+    redis_server: RedisServer, replica: Replicas
+) -> None:
+    a, b = replica(redis_server.url, "a"), replica(redis_server.url, "b")
+    lead = await shared_lead(a)
+    payloads = [f"chunk {i}".encode() for i in range(700)]  # more than one write batch and one read batch
+    for payload in payloads[:600]:
+        lead.publish(payload)
+    with redis_server.client() as client:
+        assert client.xlen(f"{PREFIX}flight:{{{DIGEST}}}") == 1  # only the start message so far
+    into = Flight(DIGEST)
+    following = asyncio.create_task(b.follow(DIGEST, into, GUARD_S))
+    await until_true(lambda: lead.sharing)
+    for payload in payloads[600:]:
+        lead.publish(payload)
+    await returns(lead.complete(answer()))
+    assert await returns(following) is True
     assert into.entry == answer()
     assert await returns(collect(into)) == payloads
 
@@ -143,7 +172,9 @@ async def test_a_crashed_leader_is_given_up_once_its_lock_lapses(redis_server: R
 
     into = Flight(DIGEST)
     assert await returns(b.follow(DIGEST, into, idle_timeout_s=60)) is False  # not the idle timeout
-    assert not into.done and into.published == 1
+    # Nobody had asked for payloads before the crash, so none reached Redis; the local flight is left as it
+    # was, for its own leader to decide.
+    assert not into.done and into.published == 0
     assert (await shared_lead(b)).shared  # the lock lapsed: a new leader can take over
 
 
@@ -173,7 +204,7 @@ async def test_a_follower_that_times_out_leaves_nothing_behind(redis_server: Red
 
 async def test_a_lead_never_releases_or_writes_into_another_lead(redis_server: RedisServer, replica: Replicas) -> None:
     a, b = replica(redis_server.url, "a"), replica(redis_server.url, "b")
-    lock, stream = f"{PREFIX}lock:{DIGEST}", f"{PREFIX}flight:{DIGEST}"
+    lock, stream = f"{PREFIX}lock:{{{DIGEST}}}", f"{PREFIX}flight:{{{DIGEST}}}"
     stalled = await shared_lead(a)
     with redis_server.client() as client:
         client.delete(lock)  # a's lock lapsed while it stalled ...
