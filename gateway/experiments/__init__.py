@@ -1,0 +1,1 @@
+"""A/B and A/A experiments between backends (issue 6): arm assignment, sample-ratio checks, analysis."""
