@@ -1,0 +1,285 @@
+"""Per-arm experiment metrics: counters, latency sketches and user feedback, in-process or in Redis.
+
+Every replica records what its requests did (`ArmObservation`) and what users said about them
+(`record_feedback`, already joined to the serving arm by the caller); `totals` returns the merged
+view per arm. Latencies are `LatencySketch`es, never raw lists, so memory and Redis traffic do not
+grow with traffic and replicas merge by plain addition.
+
+Redis layout (`p` is `key_prefix`, names percent-escaped so ':' in a name cannot collide):
+
+    {p}exp:{experiment}:arms                   SET   arm names (how `totals` finds the arms)
+    {p}exp:{experiment}:{arm}:{ttft|tpot|e2e}  HASH  one sketch, the layout of `gateway.experiments.sketch`
+    {p}exp:{experiment}:{arm}:counts           HASH  requests, errors, input_tokens, output_tokens,
+                                                     cost_usd, fb_n, fb_scored, fb_sum, fb_sumsq, label:<l>
+
+`record` never waits: `RedisArmStats` merges observations into a local batch and a background task
+writes each batch every `flush_interval_s` as one MULTI/EXEC pipeline, so Redis sees one round trip
+per interval however busy the replica is. While Redis is away, unwritten batches are kept, at most
+`max_pending_batches` of them (the oldest is dropped first); a batch is retried whole, and
+MULTI/EXEC means a batch is applied entirely or not at all (a reply lost after EXEC ran can still
+count it twice, the usual at-least-once trade).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.cache.redis_guard import RedisCallFailed, RedisGuard
+from gateway.experiments.arm_totals import METRICS, ArmObservation, ArmTotals
+from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS
+from gateway.routing.shared_redis import describe_redis_url
+
+log = logging.getLogger("gateway.experiments")
+
+# Compare-and-set of a sketch's min and max: not increments, so they need the script to stay atomic.
+_EXTREMES_LUA = """
+local lo = redis.call('HGET', KEYS[1], 'min')
+if not lo or tonumber(ARGV[1]) < tonumber(lo) then redis.call('HSET', KEYS[1], 'min', ARGV[1]) end
+local hi = redis.call('HGET', KEYS[1], 'max')
+if not hi or tonumber(ARGV[2]) > tonumber(hi) then redis.call('HSET', KEYS[1], 'max', ARGV[2]) end
+return 1
+"""
+
+
+class ArmStatsUnavailable(Exception):
+    """`totals` or `reset` could not reach the store (Redis away, breaker open, or over budget)."""
+
+
+class ArmStatsStore(Protocol):
+    """Where arm metrics go. `record` and `record_feedback` never block and never raise."""
+
+    def record(self, obs: ArmObservation) -> None: ...
+    def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None: ...
+    async def totals(self, experiment: str) -> dict[str, ArmTotals]: ...
+    async def reset(self, experiment: str) -> None: ...
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+Batch = dict[tuple[str, str], ArmTotals]
+
+
+def _merge_into(target: Batch, source: Batch, alpha: float, max_buckets: int) -> None:
+    for key, totals in source.items():
+        if key not in target:
+            target[key] = ArmTotals(alpha, max_buckets)
+        target[key].merge(totals)
+
+
+class InProcessArmStats:
+    """Arm metrics of this process only (the embedded default, and the reference the Redis store must match)."""
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA, max_buckets: int = DEFAULT_MAX_BUCKETS) -> None:
+        self.alpha, self.max_buckets = alpha, max_buckets
+        self._arms: dict[str, dict[str, ArmTotals]] = {}
+
+    def _arm(self, experiment: str, arm: str) -> ArmTotals:
+        arms = self._arms.setdefault(experiment, {})
+        if arm not in arms:
+            arms[arm] = ArmTotals(self.alpha, self.max_buckets)
+        return arms[arm]
+
+    def record(self, obs: ArmObservation) -> None:
+        self._arm(obs.experiment, obs.arm).add(obs)
+
+    def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
+        self._arm(experiment, arm).add_feedback(score, label)
+
+    async def totals(self, experiment: str) -> dict[str, ArmTotals]:
+        return {arm: t.copy() for arm, t in self._arms.get(experiment, {}).items()}
+
+    async def reset(self, experiment: str) -> None:
+        self._arms.pop(experiment, None)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _segment(name: str) -> str:
+    return name.replace("%", "%25").replace(":", "%3A")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisArmStats:
+    """Arm metrics shared by every replica through one Redis (layout in the module docstring).
+
+    `totals` reads what has been flushed (this replica's last `flush_interval_s` is not in it until
+    the next flush; call `flush` first to include it) and raises `ArmStatsUnavailable` when Redis is
+    away, rather than returning partial or empty numbers that would look like a real (empty) result.
+    `dropped` counts observations and feedback lost to the pending bound.
+    """
+
+    def __init__(self, redis_url: str, *, key_prefix: str = "gateway:exp:", flush_interval_s: float = 0.1,
+                 budget_s: float = 0.25, retry_s: float = 1.0, max_pending_batches: int = 600,
+                 alpha: float = DEFAULT_ALPHA, max_buckets: int = DEFAULT_MAX_BUCKETS) -> None:
+        self.url, self.key_prefix, self.flush_interval_s = redis_url, key_prefix, flush_interval_s
+        self.max_pending_batches = max_pending_batches
+        self.alpha, self.max_buckets = alpha, max_buckets
+        self.dropped = 0
+        self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, what="experiment stats")
+        # As in RedisStore: redis-py must not retry or wait on its own; the budget and the breaker decide.
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url, decode_responses=False, socket_timeout=2.0, socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self._current: Batch = {}
+        self._pending: deque[Batch] = deque()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._warned_drop = False
+
+    def describe(self) -> str:
+        return describe_redis_url(self.url)
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches waiting for Redis (not counting the one being filled)."""
+        return len(self._pending)
+
+    def _key(self, experiment: str, suffix: str) -> str:
+        return f"{self.key_prefix}exp:{_segment(experiment)}:{suffix}"
+
+    def _arm(self, experiment: str, arm: str) -> ArmTotals:
+        key = (experiment, arm)
+        if key not in self._current:
+            self._current[key] = ArmTotals(self.alpha, self.max_buckets)
+        return self._current[key]
+
+    def record(self, obs: ArmObservation) -> None:
+        self._arm(obs.experiment, obs.arm).add(obs)
+
+    def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
+        self._arm(experiment, arm).add_feedback(score, label)
+
+    async def start(self) -> None:
+        """Start the background flusher (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="experiment-stats-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.flush()
+            except Exception:  # the flusher must outlive any surprise, or metrics stop silently
+                log.exception("experiment stats flush failed unexpectedly")
+
+    async def flush(self) -> bool:
+        """Write every pending batch in one pipeline; False (batches kept) when Redis did not take it."""
+        async with self._lock:
+            if self._current:
+                self._pending.append(self._current)
+                self._current = {}
+            while len(self._pending) > self.max_pending_batches:
+                lost = self._pending.popleft()
+                self.dropped += sum(t.requests + t.feedback_count for t in lost.values())
+                if not self._warned_drop:  # once per outage: the guard already logged the outage itself
+                    self._warned_drop = True
+                    log.warning("experiment stats: Redis unreachable for %d flushes, dropping the oldest",
+                                self.max_pending_batches)
+            if not self._pending:
+                return True
+            sending = len(self._pending)
+            try:
+                await self.guard.call("flush", lambda: self._write(list(self._pending)[:sending]))
+            except RedisCallFailed:
+                return False
+            for _ in range(sending):
+                self._pending.popleft()
+            self._warned_drop = False
+            return True
+
+    async def _write(self, batches: list[Batch]) -> None:
+        # Merging here rather than before `guard.call` means an open breaker costs no CPU.
+        merged: Batch = {}
+        for batch in batches:
+            _merge_into(merged, batch, self.alpha, self.max_buckets)
+        pipe = self.redis.pipeline(transaction=True)
+        for (experiment, arm), totals in merged.items():
+            base = f"{_segment(arm)}:"
+            pipe.sadd(self._key(experiment, "arms"), arm)
+            ints, floats = totals.counter_increments()
+            self._increments(pipe, self._key(experiment, base + "counts"), ints, floats)
+            for metric, sketch in totals.sketches.items():
+                if not sketch.count:
+                    continue
+                key = self._key(experiment, base + metric)
+                counts, sums = sketch.to_increments()
+                self._increments(pipe, key, counts, sums)
+                extremes = sketch.extreme_fields()
+                # repr round-trips a float exactly, so min/max read back bit-identical.
+                pipe.eval(_EXTREMES_LUA, 1, key, repr(extremes["min"]), repr(extremes["max"]))
+        await pipe.execute()
+
+    @staticmethod
+    def _increments(pipe: aioredis.client.Pipeline, key: str, ints: dict[str, int],
+                    floats: dict[str, float]) -> None:
+        for name, n in ints.items():
+            pipe.hincrby(key, name, n)
+        for name, x in floats.items():
+            if x:
+                pipe.hincrbyfloat(key, name, x)
+
+    async def totals(self, experiment: str) -> dict[str, ArmTotals]:
+        """Arm name to merged totals of every replica's flushed data; raises `ArmStatsUnavailable`."""
+        try:
+            raw_arms = await self.guard.call("totals", lambda: self.redis.smembers(self._key(experiment, "arms")))
+            arms = sorted(_text(a) for a in raw_arms)
+            names = ["counts", *METRICS]
+
+            async def read() -> list[dict[bytes, bytes]]:
+                pipe = self.redis.pipeline(transaction=True)  # one consistent snapshot of all arms
+                for arm in arms:
+                    for name in names:
+                        pipe.hgetall(self._key(experiment, f"{_segment(arm)}:{name}"))
+                return list(await pipe.execute())
+
+            hashes = await self.guard.call("totals", read) if arms else []
+        except RedisCallFailed as err:
+            raise ArmStatsUnavailable(f"experiment stats for {experiment!r} unavailable: {err}") from err
+        result: dict[str, ArmTotals] = {}
+        for i, arm in enumerate(arms):
+            counts, *sketches = hashes[i * len(names):(i + 1) * len(names)]
+            result[arm] = ArmTotals.from_fields(counts, dict(zip(METRICS, sketches, strict=True)),
+                                                self.alpha, self.max_buckets)
+        return result
+
+    async def reset(self, experiment: str) -> None:
+        """Delete the experiment's keys and this replica's unflushed data for it (other replicas'
+        unflushed data still lands afterwards: reset before traffic starts, not during it)."""
+        async with self._lock:
+            for batch in (self._current, *self._pending):
+                for key in [k for k in batch if k[0] == experiment]:
+                    del batch[key]
+        arms_key = self._key(experiment, "arms")
+        try:
+            arms = await self.guard.call("reset", lambda: self.redis.smembers(arms_key))
+            keys = [self._key(experiment, f"{_segment(_text(a))}:{n}") for a in arms for n in ("counts", *METRICS)]
+            await self.guard.call("reset", lambda: self.redis.delete(arms_key, *keys))
+        except RedisCallFailed as err:
+            raise ArmStatsUnavailable(f"resetting experiment stats for {experiment!r} failed: {err}") from err
+
+    async def aclose(self) -> None:
+        """Stop the flusher, try one last flush, close the connection; never raises for Redis trouble."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not await self.flush():
+            lost = sum(t.requests + t.feedback_count for b in self._pending for t in b.values())
+            log.warning("experiment stats: %d observations not written to %s at shutdown", lost, self.describe())
+        await self.redis.aclose()
