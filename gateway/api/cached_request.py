@@ -1,10 +1,12 @@
 """One cacheable request: answered from the store, by following an identical request in flight, or by
 the backend while its answer is recorded for later and for those following it.
 
-The order is: the store (a hit), then the table of flights in this process (follow the identical
-request already being answered), then, for the first of its kind here, Redis (follow the replica
-that already answers it); only when nobody is answering it does the request go to a backend, as
-the leader. A follower whose leader fails before it sent anything starts over (one of the
+With the in-process store the order is: the store (a hit), then the table of flights in this
+process (follow the identical request already being answered). With Redis, the table of flights
+comes first (identical requests here never reach Redis), and the first of its kind here makes one
+Redis call that returns the stored answer, or the lead, or word that another replica answers it
+(follow that replica). Only when nobody is answering it does the request go to a backend, as the
+leader. A follower whose leader fails before it sent anything starts over (one of the
 followers becomes the new leader); one that already streamed part of an answer ends it with an
 error event, as the leader's own client sees.
 """
