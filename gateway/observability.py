@@ -91,7 +91,7 @@ class Metrics:
             "gateway_cache_store_up", "1 while the response cache's store answers; 0 while requests skip it",
             registry=self.registry,
         )
-        self._cache_seen: dict[str, float] = {}
+        self._cache_seen: dict[tuple[object, ...], float] = {}
         # Gauges that mirror live state are set just before each scrape, not on the hot path.
         self.before_render: Callable[[], None] | None = None
         self._children: dict[tuple[object, ...], object] = {}
@@ -138,29 +138,27 @@ class Metrics:
         """Bring the cache's own counters (kept off the hot path) into the metrics, at scrape time."""
         self.cache_up.set(1 if stats.get("available") else 0)
         for (route, result), count in results.items():
-            seen_key = f"results:{route}\0{result}"
-            delta = count - self._cache_seen.get(seen_key, 0.0)
-            if delta > 0:
-                self.cache_results.labels(route, result).inc(delta)
-                self._cache_seen[seen_key] = count
+            self._catch_up(self.cache_results, (route, result), count)
         not_stored = stats.get("not_stored")
         totals = {
-            ("bytes", "read"): stats.get("served_bytes", 0),
-            ("bytes", "written"): stats.get("stored_bytes", 0),
-            ("writes", "stored"): stats.get("stored", 0),
-            ("writes", "not_stored"): sum(not_stored.values()) if isinstance(not_stored, dict) else 0,
-            ("writes", "failed"): stats.get("write_failures", 0),
-            ("errors", "failed"): stats.get("errors", 0),
-            ("errors", "skipped_while_down"): stats.get("skipped_while_down", 0),
+            (self.cache_bytes, "read"): stats.get("served_bytes", 0),
+            (self.cache_bytes, "written"): stats.get("stored_bytes", 0),
+            (self.cache_writes, "stored"): stats.get("stored", 0),
+            (self.cache_writes, "not_stored"): sum(not_stored.values()) if isinstance(not_stored, dict) else 0,
+            (self.cache_writes, "failed"): stats.get("write_failures", 0),
+            (self.cache_errors, "failed"): stats.get("errors", 0),
+            (self.cache_errors, "skipped_while_down"): stats.get("skipped_while_down", 0),
         }
-        metrics = {"bytes": self.cache_bytes, "writes": self.cache_writes, "errors": self.cache_errors}
-        for (family, label), total in totals.items():
-            key = f"{family}:{label}"
-            value = float(total) if isinstance(total, int | float) else 0.0
-            delta = value - self._cache_seen.get(key, 0.0)
-            if delta > 0:
-                metrics[family].labels(label).inc(delta)
-                self._cache_seen[key] = value
+        for (counter, label), total in totals.items():
+            self._catch_up(counter, (label,), float(total) if isinstance(total, int | float) else 0.0)
+
+    def _catch_up(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
+        """Advance a Prometheus counter to a running total kept elsewhere."""
+        key = (counter, *labels)
+        delta = total - self._cache_seen.get(key, 0.0)
+        if delta > 0:
+            counter.labels(*labels).inc(delta)
+            self._cache_seen[key] = total
 
     def render(self) -> bytes:
         if self.before_render is not None:

@@ -192,10 +192,7 @@ class CachedRequest:
             except FlightFailed as err:
                 log.info("identical request's leader failed (%s); trying again", err.reason)
                 return None
-            result = "hit" if flight.from_store else "coalesced"
-            self.cache.count(self.route_name, result)
-            await self.send_entry(send, entry, result.encode())
-            return CACHE_LABEL
+            return await self._send_whole(send, flight, entry)
         replay = StreamReplay(include_usage=self.include_usage)
         started = False
         try:
@@ -219,13 +216,17 @@ class CachedRequest:
         done = flight.entry
         assert done is not None  # `follow` returns only once the flight completed
         if not started:  # the answer came whole (a body, or from the store): replay it as a stream
-            result = "hit" if flight.from_store else "coalesced"
-            self.cache.count(self.route_name, result)
-            await self.send_entry(send, done, result.encode())
-            return CACHE_LABEL
+            return await self._send_whole(send, flight, done)
         self.cache.count(self.route_name, "coalesced")
         await send({"type": "http.response.body", "body": self.rename(replay.end(done)), "more_body": True})
         await send(_END)
+        return CACHE_LABEL
+
+    async def _send_whole(self, send: Send, flight: Flight, entry: CacheEntry) -> str:
+        """A flight's complete answer: a hit when its leader found it stored, else coalesced."""
+        result = "hit" if flight.from_store else "coalesced"
+        self.cache.count(self.route_name, result)
+        await self.send_entry(send, entry, result.encode())
         return CACHE_LABEL
 
     # -- replay ------------------------------------------------------------------------------

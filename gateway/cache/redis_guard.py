@@ -13,6 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -26,6 +29,15 @@ T = TypeVar("T")
 # ones that open the breaker.
 UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 REDIS_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE, RedisError)
+
+
+def unretried_redis(url: str, *, socket_timeout_s: float) -> aioredis.Redis:
+    """A client (bytes in, bytes out) that never retries or waits on its own: a `RedisGuard`'s
+    budget and breaker decide. `socket_timeout_s` only bounds calls made outside a guard."""
+    return aioredis.Redis.from_url(
+        url, decode_responses=False, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+        retry=Retry(NoBackoff(), 0), health_check_interval=0,
+    )
 
 
 class RedisCallFailed(Exception):

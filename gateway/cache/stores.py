@@ -16,10 +16,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from gateway.cache.redis_guard import REDIS_ERRORS, RedisCallFailed, RedisGuard
+from gateway.cache.redis_guard import REDIS_ERRORS, RedisCallFailed, RedisGuard, unretried_redis
 from gateway.routing.shared_redis import describe_redis_url
 
 Clock = Callable[[], float]
@@ -165,15 +163,7 @@ class RedisStore:
         self.clock = clock
         self.too_large = 0
         self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, clock=clock)
-        # redis-py must not retry or wait on its own: the budget and the breaker decide.
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_timeout=_ADMIN_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=_ADMIN_SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self.redis: aioredis.Redis = unretried_redis(url, socket_timeout_s=_ADMIN_SOCKET_TIMEOUT_S)
 
     @property
     def available(self) -> bool:

@@ -23,18 +23,16 @@ count it twice, the usual at-least-once trade).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from gateway.cache.redis_guard import RedisCallFailed, RedisGuard
+from gateway.cache.redis_guard import RedisCallFailed, RedisGuard, unretried_redis
 from gateway.experiments.arm_totals import METRICS, ArmObservation, ArmTotals
 from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS
+from gateway.routing.periodic import PeriodicTask
 from gateway.routing.shared_redis import describe_redis_url
 
 log = logging.getLogger("gateway.experiments")
@@ -131,14 +129,12 @@ class RedisArmStats:
         self.alpha, self.max_buckets = alpha, max_buckets
         self.dropped = 0
         self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, what="experiment stats")
-        # As in RedisStore: redis-py must not retry or wait on its own; the budget and the breaker decide.
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url, decode_responses=False, socket_timeout=2.0, socket_connect_timeout=2.0,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self.redis: aioredis.Redis = unretried_redis(redis_url, socket_timeout_s=2.0)
         self._current: Batch = {}
         self._pending: deque[Batch] = deque()
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = PeriodicTask("experiment-stats-flush", self._flush_logged, flush_interval_s)
+        self._started = False
         self._warned_drop = False
 
     def describe(self) -> str:
@@ -166,16 +162,15 @@ class RedisArmStats:
 
     async def start(self) -> None:
         """Start the background flusher (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="experiment-stats-flush")
+        if not self._started:
+            self._started = True
+            self._flusher.start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval_s)
-            try:
-                await self.flush()
-            except Exception:  # the flusher must outlive any surprise, or metrics stop silently
-                log.exception("experiment stats flush failed unexpectedly")
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception:  # the flusher must outlive any surprise, or metrics stop silently
+            log.exception("experiment stats flush failed unexpectedly")
 
     async def flush(self) -> bool:
         """Write every pending batch in one pipeline; False (batches kept) when Redis did not take it."""
@@ -274,11 +269,8 @@ class RedisArmStats:
 
     async def aclose(self) -> None:
         """Stop the flusher, try one last flush, close the connection; never raises for Redis trouble."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
+        self._started = False
         if not await self.flush():
             lost = sum(t.requests + t.feedback_count for b in self._pending for t in b.values())
             log.warning("experiment stats: %d observations not written to %s at shutdown", lost, self.describe())

@@ -28,6 +28,11 @@ class PeriodicTask:
             await self._sleep(self._interval_s)
             await self._work()
 
+    @property
+    def running(self) -> bool:
+        """Started, and neither stopped nor ended by an escaped exception."""
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
