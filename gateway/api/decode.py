@@ -41,6 +41,10 @@ def decode_request(kind: RequestKind, body: bytes) -> tuple[dict[str, Any], Any]
         data = _decode_json(body)
     except msgspec.DecodeError as err:
         raise bad_request(f"The request body is not valid JSON: {err}", code="invalid_json") from err
+    except UnicodeDecodeError as err:
+        # msgspec reports bytes that are not UTF-8 inside a JSON string this way, not as a DecodeError.
+        raise bad_request(f"The request body is not valid UTF-8: {err.reason} at byte {err.start}",
+                          code="invalid_json") from err
     except RecursionError as err:
         raise bad_request("The request body is nested too deeply", code="invalid_json") from err
     if not isinstance(data, dict):

@@ -84,8 +84,10 @@ def test_valid_embedding_body(value: Any) -> None:
 @pytest.mark.parametrize("kind", ["chat", "completion", "embedding"])
 @pytest.mark.parametrize(
     "body",
-    [b"", b"{", b'{"model": "m",}', b"not json", b"\xff\xfe\x00", b'{"model": "m"} trailing', b"{'model': 'm'}"],
-    ids=["empty", "unclosed", "trailing-comma", "text", "binary", "trailing-data", "single-quotes"],
+    [b"", b"{", b'{"model": "m",}', b"not json", b"\xff\xfe\x00", b'{"model": "m"} trailing', b"{'model': 'm'}",
+     b'"\x80"', b'{"model": "m\xc3"}'],
+    ids=["empty", "unclosed", "trailing-comma", "text", "binary", "trailing-data", "single-quotes",
+         "non-utf8-string", "truncated-utf8-in-object"],
 )
 def test_malformed_json_is_400_invalid_json(kind: str, body: bytes) -> None:
     err = decode_error(kind, body)
