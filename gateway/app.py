@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import ASGIRouteHandler, asgi
 
 from gateway.api.asgi_io import Receive, Scope, Send
+from gateway.api.experiment_routes import ROUTES as EXPERIMENT_ROUTES
 from gateway.api.openai_routes import OpenAIHandler
 from gateway.api.ops_routes import ROUTES
 from gateway.config import GatewayConfig, load_config
@@ -71,7 +72,7 @@ def create_app(state: GatewayState, *, tune_gc: bool = True) -> Litestar:
 
     handlers = [_openai_route(path, OpenAIHandler(state, kind)) for path, kind in _OPENAI_PATHS.items()]
     app = Litestar(
-        route_handlers=[*ROUTES, *handlers],
+        route_handlers=[*ROUTES, *EXPERIMENT_ROUTES, *handlers],
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         openapi_config=None,

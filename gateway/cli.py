@@ -1,4 +1,4 @@
-"""`gateway serve | check-config | backends | cache`."""
+"""`gateway serve | check-config | backends | cache | experiments (list | report NAME)`."""
 
 from __future__ import annotations
 
@@ -157,6 +157,95 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+class _AdminError(Exception):
+    """A request to the gateway's admin API failed; the message says why, for the terminal."""
+
+
+def _admin_get(url: str) -> Any:
+    """GET `url` from the running gateway and decode its JSON; `_AdminError` when that fails."""
+    import urllib.error
+    import urllib.request
+
+    import msgspec
+
+    try:
+        with urllib.request.urlopen(url, timeout=10.0) as response:
+            return msgspec.json.decode(response.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            # An OpenAI-style error body: {"error": {"message": ...}}.
+            message = msgspec.json.decode(body)["error"]["message"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            message = body.decode(errors="replace").strip() or err.reason
+        raise _AdminError(f"{err.code}: {message}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise _AdminError(f"no gateway answering at {url}: start it, or pass --url ({err})") from err
+    except msgspec.DecodeError as err:
+        raise _AdminError(f"{url} did not answer with JSON: {err}") from err
+
+
+def _experiments_url(args: argparse.Namespace) -> str:
+    """The gateway's /admin/experiments URL: from --url (the gateway's base URL), else from the config."""
+    if args.url:
+        base = args.url.rstrip("/")
+        # Accept the endpoint itself too, as `cache --url` takes its endpoint.
+        return base if base.endswith("/admin/experiments") else base + "/admin/experiments"
+    return _admin_url(_load(args.config), "/admin/experiments")
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """`experiments list`: the running gateway's experiments; `experiments report NAME`: one's report."""
+    import urllib.parse
+
+    import msgspec
+
+    try:
+        url = _experiments_url(args)
+    except (ConfigError, PluginError) as err:
+        print(err, file=sys.stderr)
+        return 1
+    if args.action == "list":
+        try:
+            listing = _admin_get(url)
+        except _AdminError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        experiments = listing.get("experiments") or []
+        if not experiments:
+            print(f"no experiments on the gateway at {url}")
+            return 0
+        print(f"{'name':<28} {'kind':<7} {'route':<24} state")
+        for exp in experiments:
+            stopped = exp.get("stopped")
+            state = (f"stopped, serving {stopped.get('serve')}" if isinstance(stopped, dict)
+                     else "stopped" if stopped else "active" if exp.get("active") else "inactive")
+            print(f"{exp.get('name', '?'):<28} {exp.get('kind', '?'):<7} {exp.get('route', '?'):<24} {state}")
+        return 0
+    try:
+        report = _admin_get(f"{url}/{urllib.parse.quote(args.name, safe='')}")
+    except _AdminError as err:
+        print(f"error: experiment {args.name!r}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+    else:
+        from gateway.experiments.report_table import format_report
+
+        print(format_report(report))
+    if args.plot:
+        from gateway.experiments.plot import PlotUnavailable, plot_report
+
+        try:
+            plot_report(report, args.plot)
+        except PlotUnavailable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        # On stderr with --json, so stdout stays one JSON document.
+        print(f"plot written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.observability import configure_logging
 
@@ -223,6 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--model", default=None, help="clear: only this route model's entries")
     cache.add_argument("--tenant", default=None, help="clear: only this tenant's entries (its metric label)")
     cache.set_defaults(func=cmd_cache)
+
+    experiments = sub.add_parser("experiments", help="A/B and shadow experiments of a running gateway")
+    exp_sub = experiments.add_subparsers(dest="action", required=True)
+    exp_list = exp_sub.add_parser("list", help="every experiment: name, kind, route, state")
+    exp_report = exp_sub.add_parser("report", help="one experiment's arms, comparisons and verdict")
+    exp_report.add_argument("name", help="the experiment's name")
+    exp_report.add_argument("--plot", default=None, metavar="PNG",
+                            help="also write a PNG of the latency distributions and the running estimate "
+                            "(needs matplotlib)")
+    exp_report.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    for exp_parser in (exp_list, exp_report):
+        exp_parser.add_argument("--config", default=_default_config(), help="YAML config (default: %(default)s)")
+        exp_parser.add_argument("--url", default=None, help="the gateway's base URL (default: from the config's "
+                                "server.host and server.port)")
+        exp_parser.set_defaults(func=cmd_experiments)
     return parser
 
 

@@ -21,6 +21,13 @@ import yaml
 
 from gateway.cache.settings import CacheConfig, RouteCacheConfig, cache_problems, route_cache_problems
 from gateway.config_env import interpolate_env
+from gateway.experiments.settings import (
+    ExperimentConfig,
+    ExperimentsConfig,
+    ShadowConfig,
+    experiments_problems,
+    route_experiment_problems,
+)
 
 PolicyName = Literal[
     "first_healthy", "round_robin", "weighted", "least_loaded", "latency", "cost", "prefix_affinity"
@@ -134,6 +141,9 @@ class RouteConfig(_Strict):
     # completions API), so the client sees one uninterrupted stream.
     resume: bool = False
     cache: RouteCacheConfig = msgspec.field(default_factory=RouteCacheConfig)
+    # A live A/B test between backends or routes, and a candidate mirrored off the response path.
+    experiment: ExperimentConfig | None = None
+    shadow: ShadowConfig | None = None
 
 
 class StatsConfig(_Strict):
@@ -163,6 +173,7 @@ class GatewayConfig(_Strict):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     redis: RedisConfig | None = None
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    experiments: ExperimentsConfig = msgspec.field(default_factory=ExperimentsConfig)
 
 
 class ConfigError(Exception):
@@ -289,6 +300,7 @@ def parse_config(
     routing = _convert(raw.get("routing", {}), RoutingConfig, "routing", problems)
     redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
     cache = _convert(raw.get("cache", {}), CacheConfig, "cache", problems)
+    experiments = _convert(raw.get("experiments", {}), ExperimentsConfig, "experiments", problems)
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
@@ -328,6 +340,18 @@ def parse_config(
                 "already serves it)"
             )
         route_models.setdefault(route.model, i)
+    exact_routes = {r.model: r.experiment is not None for r in routes if not any(c in r.model for c in "*?[")}
+    experiment_names: dict[str, str] = {}
+    for i, route in enumerate(routes):
+        problems.extend(route_experiment_problems(f"routes[{i}]", route.experiment, route.shadow,
+                                                  {str(name) for name in declared}, exact_routes))
+        for section, what in ((route.experiment, "experiment"), (route.shadow, "shadow")):
+            if section is None:
+                continue
+            if section.name in experiment_names:
+                problems.append(f"routes[{i}].{what}.name: '{section.name}' is already used by "
+                                f"{experiment_names[section.name]}")
+            experiment_names.setdefault(section.name, f"routes[{i}].{what}")
     if server is not None:
         if not 0 <= server.port <= 65535:
             problems.append("server.port: must be between 0 and 65535")
@@ -339,12 +363,14 @@ def parse_config(
         _check_routing(routing, problems)
     if cache is not None:
         problems.extend(cache_problems(cache, has_redis=raw.get("redis") is not None))
+    if experiments is not None:
+        problems.extend(experiments_problems(experiments))
 
     if problems:
         raise ConfigError(problems, source)
-    assert server is not None and routing is not None and cache is not None
+    assert server is not None and routing is not None and cache is not None and experiments is not None
     return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, routing=routing,
-                         redis=redis, cache=cache)
+                         redis=redis, cache=cache, experiments=experiments)
 
 
 def _check_ranges(prefix: str, checks: Iterable[tuple[str, bool, str]], problems: list[str]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.backend import Backend, BackendContext
 from gateway.cache.service import ResponseCache
 from gateway.config import GatewayConfig
+from gateway.experiments.service import ExperimentService
 from gateway.observability import Metrics
 from gateway.plugins import BackendRegistry
 from gateway.routing.dispatcher import Dispatcher
@@ -65,6 +66,7 @@ class GatewayState:
             on_change=self.metrics.set_backend_health,
         )
         self.cache = ResponseCache(config.cache, config.redis.url if config.redis is not None else None)
+        self.experiments = ExperimentService(config, self.routes, self.backends)
         self.metrics.before_render = self._export_live_gauges
         self.load_monitor = LoadMonitor(
             list(self.backends.values()), self.routing.stats, config.routing.stats.load_interval_s
@@ -91,6 +93,8 @@ class GatewayState:
         await self.routing.start()
         log.info("routing state: %s", self.routing.describe())
         log.info("response cache: %s", self.cache.store.describe())
+        await self.experiments.start()
+        log.info("experiments: %s", self.experiments.describe())
         await self.monitor.check_once()
         for name, healthy in self.health.snapshot().items():
             log.info("backend %s (%s) %s", name, self.backends[name].plugin, "healthy" if healthy else "UNHEALTHY")
@@ -103,5 +107,6 @@ class GatewayState:
         await self.load_monitor.stop()
         await self.routing.aclose()
         await self.cache.aclose()
+        await self.experiments.aclose()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         await self.upstream.aclose()

@@ -25,6 +25,9 @@ from gateway.api.usage import Usage, read_usage
 from gateway.cache.plan import CacheHeaders, plan_request
 from gateway.config import POLICY_NAMES
 from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.experiments.runtime import ArmChoice
+from gateway.experiments.shadow import ShadowRun
+from gateway.experiments.tap import ServeTap
 from gateway.routing.cost import has_price, request_cost_usd
 from gateway.routing.interfaces import Policy, RequestFeatures
 from gateway.routing.table import Route
@@ -95,6 +98,7 @@ class _Context(NamedTuple):
     started: float
     stream: bool
     watch: DisconnectWatch
+    tap: ServeTap | None  # only on routes with an experiment or a shadow
 
 
 _BYPASS = [(b"x-gateway-cache", b"bypass")]
@@ -118,6 +122,9 @@ class OpenAIHandler:
         state = self.state
         route_name, backend_name, status = "", "", 200
         watch: DisconnectWatch | None = None
+        tap: ServeTap | None = None
+        choice: ArmChoice | None = None
+        mirror: ShadowRun | None = None
         try:
             body = await read_body(receive, state.config.server.max_body_bytes, meta.content_length)
             data, request = decode_request(self.kind, body)
@@ -125,15 +132,33 @@ class OpenAIHandler:
             if route is None:
                 raise model_not_found(request.model)
             route_name = route.model
+            stream = self.kind != "embedding" and bool(request.stream)
+            tenant = cache_tenant(meta.authorization)
+            variant: str | None = None
+            experiments = state.experiments.for_route(route_name)
+            if experiments is not None and experiments.live is not None:
+                choice = experiments.live.choose(data, scope["headers"], tenant)
+                if choice is not None:
+                    route = choice.route  # the arm's backends serve it; the route's name stays in the books
+                    variant = f"{choice.experiment}={choice.arm}"
+                    state.experiments.assigned(choice, request_id, tenant)
             policy = state.dispatcher.policy_for(route, meta.policy_name())
             features = RequestFeatures(self.kind, data, self.tenants(meta.authorization))
             watch = DisconnectWatch(receive)
-            stream = self.kind != "embedding" and bool(request.stream)
-            context = _Context(route, features, policy, request.model, request_id, started, stream, watch)
             # Keyed by the client's model: an exact route's own name, and for a glob route the model
-            # it was matched by (one glob serves many models, which must not share entries).
-            plan = plan_request(route.config.cache, self.kind, request.model, data,
-                                cache_tenant(meta.authorization), meta.cache)
+            # it was matched by (one glob serves many models, which must not share entries). An
+            # experiment's arms keep separate entries: one arm's answer must not be served as another's.
+            plan = plan_request(route.config.cache, self.kind, request.model, data, tenant, meta.cache,
+                                variant=variant)
+            if experiments is not None:
+                if experiments.shadow is not None:
+                    mirror = state.experiments.mirror(experiments.shadow, self.kind, data, features.tenant,
+                                                      stream=stream, started=started,
+                                                      dispatcher=state.dispatcher, routing=state.routing)
+                tap = ServeTap(started, stream=stream, headers=[choice.header] if choice is not None else [],
+                               capture=mirror is not None)
+                send = tap.wrap(send)
+            context = _Context(route, features, policy, request.model, request_id, started, stream, watch, tap)
             if plan is None:
                 state.cache.count(route_name, "bypass")
                 backend_name = await self._serve_backend(context, send, _BYPASS)
@@ -168,14 +193,20 @@ class OpenAIHandler:
             if watch is not None:
                 watch.finish()
             state.metrics.observe_request(route_name, backend_name, status, time.perf_counter() - started)
+            if tap is not None:
+                if status == 499:
+                    tap.status = 499
+                state.experiments.finish(choice, tap, mirror)
 
     async def _serve_backend(self, ctx: _Context, send: Send, extra: list[tuple[bytes, bytes]]) -> str:
         """Send the request to a backend and relay its answer through `send`; the backend's name."""
-        state, route, features, policy = self.state, ctx.route, ctx.features, ctx.policy
+        state, route, features, policy, tap = self.state, ctx.route, ctx.features, ctx.policy, ctx.tap
+        if tap is not None:
+            tap.dispatched = True
         if ctx.stream:
             result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
             state.metrics.observe_decision(route.model, result.backend.name, policy.name)
-            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started)
+            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started, tap=tap)
             await relay.run(send, result, ctx.request_id, ctx.watch, extra)
             return result.backend.name
         usage: list[Usage | None] = [None]
@@ -197,6 +228,12 @@ class OpenAIHandler:
                 counts.completion_tokens if counts is not None else 0,
             )
             state.metrics.observe_cost(route.model, backend.name, features.tenant, cost)
+        if tap is not None:
+            tap.finished_at = time.perf_counter()
+            tap.ok = True
+            tap.cost_usd = cost
+            if usage[0] is not None:
+                tap.input_tokens, tap.output_tokens = usage[0].prompt_tokens, usage[0].completion_tokens
         headers = [
             *_JSON_HEADERS,
             (b"x-gateway-backend", backend.name.encode()),

@@ -20,6 +20,7 @@ from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
 from gateway.api.usage import StreamTally
 from gateway.errors import GatewayError
+from gateway.experiments.tap import ServeTap
 from gateway.routing.cost import has_price, request_cost_usd
 from gateway.routing.dispatcher import StreamResult
 from gateway.routing.interfaces import Policy, RequestFeatures
@@ -54,6 +55,8 @@ class StreamRelay:
         policy: Policy,
         client_model: str,
         started: float,
+        *,
+        tap: ServeTap | None = None,
     ) -> None:
         self.state = state
         self.route = route
@@ -62,6 +65,7 @@ class StreamRelay:
         self.policy = policy
         self.rename = ModelRenamer(client_model)
         self.started = started
+        self.tap = tap  # an experiment's record of this request: first token, tokens, cost, outcome
         self.progress = StreamProgress() if route.config.resume and kind != "embedding" else None
 
     def estimate_cost(self, result: StreamResult) -> float:
@@ -131,7 +135,7 @@ class StreamRelay:
         state, backend = self.state, result.backend
         tally = StreamTally(completions=self.kind == "completion")
         ttft_s: float | None = None
-        progress, rename = self.progress, self.rename
+        progress, rename, tap = self.progress, self.rename, self.tap
         # The tally's count, inlined: this runs once per batch of every stream.
         field, empty = (b'"text":"', b'"text":""') if tally.completions else (b'content":"', b'content":""')
         outcome: bool | None = None
@@ -150,7 +154,10 @@ class StreamRelay:
             if found and ttft_s is None:
                 ttft_s = state.dispatcher.elapsed_since(result.sent_at)
                 state.routing.stats.first_token(backend.name, ttft_s)
-                state.metrics.observe_ttft(self.route.model, backend.name, time.perf_counter() - self.started)
+                now = time.perf_counter()
+                state.metrics.observe_ttft(self.route.model, backend.name, now - self.started)
+                if tap is not None and tap.first_token_at is None:
+                    tap.first_token_at = now
             return rename(events)
 
         try:
@@ -176,11 +183,18 @@ class StreamRelay:
             # None (the client went away) unless the loop above decided.
             result.finish(ok=outcome, output_tokens=tally.output_tokens or None, ttft_s=ttft_s)
             await result.stream.aclose()
+            prompt = tally.usage.prompt_tokens if tally.usage is not None else self.features.input_tokens
+            cost = 0.0
             if has_price(backend.config):
-                prompt = tally.usage.prompt_tokens if tally.usage is not None else self.features.input_tokens
                 cost = request_cost_usd(backend.config, state.routing.stats.get(backend.name), prompt,
                                         tally.output_tokens)
                 state.metrics.observe_cost(self.route.model, backend.name, self.features.tenant, cost)
+            if tap is not None:
+                tap.finished_at = time.perf_counter()
+                tap.ok = outcome  # the last segment decides: a stream resumed elsewhere reached its end
+                tap.output_tokens += tally.output_tokens
+                tap.input_tokens = tap.input_tokens or prompt
+                tap.cost_usd += cost
 
     async def _resume(self, failed: list[str]) -> StreamResult | None:
         """The stream continued on another backend, or None when none can (or resume is off)."""

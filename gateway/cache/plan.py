@@ -84,12 +84,14 @@ class CachePlan:
 
 
 def plan_request(
-    config: RouteCacheConfig, kind: str, key_model: str, body: dict[str, Any], tenant: str, headers: CacheHeaders
+    config: RouteCacheConfig, kind: str, key_model: str, body: dict[str, Any], tenant: str, headers: CacheHeaders,
+    *, variant: str | None = None,
 ) -> CachePlan | None:
     """The request's plan, or None when the cache stays out of it (`x-gateway-cache: bypass`).
 
     `key_model` is the route's model, or the client's for a glob route (one glob serves many
-    models, which must not share entries); `tenant` is the caller's identity (never shared).
+    models, which must not share entries); `tenant` is the caller's identity (never shared);
+    `variant` (an experiment's `name=arm`) gives each arm entries of its own, within the tenant's.
     Raises a 400 `GatewayError` for a malformed cache header.
     """
     ttl = headers.ttl_s()
@@ -106,6 +108,8 @@ def plan_request(
         return None
     if namespace:
         tenant = f"{tenant}~{namespace}"
+    if variant:
+        tenant = f"{tenant}^{variant}"
     return CachePlan(cache_key(kind, key_model, body, tenant), read=read, write=write, ttl_s=ttl_s)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Literal, Protocol
 
 import redis.asyncio as aioredis
 
@@ -51,10 +51,15 @@ class ArmStatsUnavailable(Exception):
     """`totals` or `reset` could not reach the store (Redis away, breaker open, or over budget)."""
 
 
+# The per-arm tallies that are one event each: an assignment, a cache hit, a shadow request skipped.
+Tally = Literal["assigned", "cache_hits", "skipped"]
+
+
 class ArmStatsStore(Protocol):
-    """Where arm metrics go. `record` and `record_feedback` never block and never raise."""
+    """Where arm metrics go. `record`, `count` and `record_feedback` never block and never raise."""
 
     def record(self, obs: ArmObservation) -> None: ...
+    def count(self, experiment: str, arm: str, tally: Tally) -> None: ...
     def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None: ...
     async def totals(self, experiment: str) -> dict[str, ArmTotals]: ...
     async def reset(self, experiment: str) -> None: ...
@@ -87,6 +92,10 @@ class InProcessArmStats:
 
     def record(self, obs: ArmObservation) -> None:
         self._arm(obs.experiment, obs.arm).add(obs)
+
+    def count(self, experiment: str, arm: str, tally: Tally) -> None:
+        totals = self._arm(experiment, arm)
+        setattr(totals, tally, getattr(totals, tally) + 1)
 
     def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
         self._arm(experiment, arm).add_feedback(score, label)
@@ -156,6 +165,10 @@ class RedisArmStats:
 
     def record(self, obs: ArmObservation) -> None:
         self._arm(obs.experiment, obs.arm).add(obs)
+
+    def count(self, experiment: str, arm: str, tally: Tally) -> None:
+        totals = self._arm(experiment, arm)
+        setattr(totals, tally, getattr(totals, tally) + 1)
 
     def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
         self._arm(experiment, arm).add_feedback(score, label)

@@ -15,7 +15,16 @@ import msgspec
 from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS, LatencySketch
 
 METRICS = ("ttft", "tpot", "e2e")
-_INT_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "fb_n", "fb_scored")
+# Redis field -> attribute, for the counters (HINCRBY) and the sums (HINCRBYFLOAT) of the counts hash.
+_INT_FIELDS = {
+    "assigned": "assigned", "cache_hits": "cache_hits", "skipped": "skipped", "requests": "requests",
+    "errors": "errors", "input_tokens": "input_tokens", "output_tokens": "output_tokens",
+    "fb_n": "feedback_count", "fb_scored": "score_count", "agree_n": "agreement_count", "agree_exact": "exact_count",
+}
+_FLOAT_FIELDS = {
+    "cost_usd": "cost_usd", "cost_sumsq": "cost_sumsq", "fb_sum": "score_sum", "fb_sumsq": "score_sumsq",
+    "sim_sum": "similarity_sum", "sim_sumsq": "similarity_sumsq",
+}
 
 
 class ArmObservation(msgspec.Struct, frozen=True):
@@ -30,6 +39,9 @@ class ArmObservation(msgspec.Struct, frozen=True):
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    # A shadow arm's answer against the served one (`gateway.experiments.similarity`), when compared.
+    exact: bool | None = None
+    similarity: float | None = None
 
 
 def _finite(x: float | None) -> float | None:
@@ -45,21 +57,33 @@ class ArmTotals:
     it failed, which would make a failing arm look fast. Tokens and cost count every request,
     since a stream that broke half-way was still generated and paid for. `feedback_count` counts
     all feedback, `score_count` the feedback that carried a score.
+
+    `assigned` counts requests the assignment gave this arm (what the sample-ratio check compares
+    with the design); `requests` those it served from a backend; `cache_hits` those answered from
+    the cache instead; `skipped` shadow requests not mirrored because the candidate was full.
     """
 
     alpha: float = DEFAULT_ALPHA
     max_buckets: int = DEFAULT_MAX_BUCKETS
+    assigned: int = 0
+    cache_hits: int = 0
+    skipped: int = 0
     requests: int = 0
     errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cost_sumsq: float = 0.0
     sketches: dict[str, LatencySketch] = field(default_factory=dict)
     feedback_count: int = 0
     score_count: int = 0
     score_sum: float = 0.0
     score_sumsq: float = 0.0
     labels: dict[str, int] = field(default_factory=dict)
+    agreement_count: int = 0
+    exact_count: int = 0
+    similarity_sum: float = 0.0
+    similarity_sumsq: float = 0.0
 
     def __post_init__(self) -> None:
         for metric in METRICS:
@@ -76,7 +100,15 @@ class ArmTotals:
         self.errors += not obs.ok
         self.input_tokens += max(int(obs.input_tokens), 0)
         self.output_tokens += max(int(obs.output_tokens), 0)
-        self.cost_usd += _finite(obs.cost_usd) or 0.0
+        cost = _finite(obs.cost_usd) or 0.0
+        self.cost_usd += cost
+        self.cost_sumsq += cost * cost
+        similarity = _finite(obs.similarity)
+        if obs.exact is not None and similarity is not None:
+            self.agreement_count += 1
+            self.exact_count += obs.exact
+            self.similarity_sum += similarity
+            self.similarity_sumsq += similarity * similarity
         if obs.ok:
             for metric, value in (("ttft", obs.ttft_s), ("tpot", obs.tpot_s), ("e2e", obs.e2e_s)):
                 if (good := _finite(value)) is not None:
@@ -95,17 +127,10 @@ class ArmTotals:
 
     def merge(self, other: ArmTotals) -> None:
         """Add `other` into this one (sketch merge is bucket-wise addition)."""
-        self.requests += other.requests
-        self.errors += other.errors
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cost_usd += other.cost_usd
+        for attr in (*_INT_FIELDS.values(), *_FLOAT_FIELDS.values()):
+            setattr(self, attr, getattr(self, attr) + getattr(other, attr))
         for metric, sketch in other.sketches.items():
             self.sketches[metric].merge(sketch)
-        self.feedback_count += other.feedback_count
-        self.score_count += other.score_count
-        self.score_sum += other.score_sum
-        self.score_sumsq += other.score_sumsq
         for label, n in other.labels.items():
             self.labels[label] = self.labels.get(label, 0) + n
 
@@ -117,10 +142,9 @@ class ArmTotals:
 
     def counter_increments(self) -> tuple[dict[str, int], dict[str, float]]:
         """The non-zero HINCRBY and HINCRBYFLOAT arguments for the counts hash."""
-        ints = {name: getattr(self, attr) for name, attr in zip(_INT_FIELDS, (
-            "requests", "errors", "input_tokens", "output_tokens", "feedback_count", "score_count"), strict=True)}
+        ints = {name: getattr(self, attr) for name, attr in _INT_FIELDS.items()}
         ints.update({f"label:{label}": n for label, n in self.labels.items()})
-        floats = {"cost_usd": self.cost_usd, "fb_sum": self.score_sum, "fb_sumsq": self.score_sumsq}
+        floats = {name: getattr(self, attr) for name, attr in _FLOAT_FIELDS.items()}
         return {k: v for k, v in ints.items() if v}, {k: v for k, v in floats.items() if v}
 
     @classmethod
@@ -130,10 +154,10 @@ class ArmTotals:
         fields = {k.decode(): v.decode() for k, v in counts.items()}
         sketch_of = {m: LatencySketch.from_fields(sketches.get(m, {}), alpha=alpha, max_buckets=max_buckets)
                      for m in METRICS}
-        return cls(alpha, max_buckets,
-                   requests=int(fields.get("requests", 0)), errors=int(fields.get("errors", 0)),
-                   input_tokens=int(fields.get("input_tokens", 0)), output_tokens=int(fields.get("output_tokens", 0)),
-                   cost_usd=float(fields.get("cost_usd", 0.0)), sketches=sketch_of,
-                   feedback_count=int(fields.get("fb_n", 0)), score_count=int(fields.get("fb_scored", 0)),
-                   score_sum=float(fields.get("fb_sum", 0.0)), score_sumsq=float(fields.get("fb_sumsq", 0.0)),
-                   labels={k[6:]: int(v) for k, v in fields.items() if k.startswith("label:")})
+        totals = cls(alpha, max_buckets, sketches=sketch_of,
+                     labels={k[6:]: int(v) for k, v in fields.items() if k.startswith("label:")})
+        for name, attr in _INT_FIELDS.items():
+            setattr(totals, attr, int(fields.get(name, 0)))
+        for name, attr in _FLOAT_FIELDS.items():
+            setattr(totals, attr, float(fields.get(name, 0.0)))
+        return totals

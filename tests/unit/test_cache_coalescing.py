@@ -10,7 +10,8 @@ import msgspec
 
 from gateway.errors import GatewayError, backend_failed
 
-from .conftest import GatewayUnderTest, running_gateway
+from .asgi_post import post
+from .conftest import running_gateway
 from .fakes import DONE, ScriptedStream, chat_completion_json, chunk_event
 
 CHAT: dict[str, Any] = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
@@ -34,47 +35,6 @@ def text_of_stream(raw: bytes) -> str:
             for choice in msgspec.json.decode(payload).get("choices", []):
                 text += choice["delta"].get("content") or ""
     return text
-
-
-class Answer:
-    """One response as the ASGI app sent it."""
-
-    def __init__(self) -> None:
-        self.status_code = 0
-        self.headers: dict[str, str] = {}
-        self.content = b""
-
-    def json(self) -> Any:
-        return msgspec.json.decode(self.content)
-
-
-async def post(gw: GatewayUnderTest, body: dict[str, Any], *, hang_up: asyncio.Event | None = None) -> Answer:
-    """POST straight to the ASGI app, so identical requests really are in flight together (the test
-    client runs one at a time); `hang_up` set makes the client disconnect."""
-    payload = msgspec.json.encode(body)
-    answer = Answer()
-    received = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        received += 1
-        if received == 1:
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await (hang_up or asyncio.Event()).wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            answer.status_code = message["status"]
-            answer.headers = {k.decode(): v.decode() for k, v in message["headers"]}
-        elif message["type"] == "http.response.body" and not (hang_up and hang_up.is_set()):
-            answer.content += message.get("body", b"")
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
-             "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": "", "app": gw.client.app}
-    await gw.client.app(scope, receive, send)
-    return answer
 
 
 async def test_identical_streams_in_flight_make_one_backend_call_and_get_the_same_chunks() -> None:
