@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ class Gateway:
         *,
         redis_url: str | None = None,
         name: str | None = None,
+        patch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.port = procs.free_port(HOST)
         # `name` names its config and log files (default: from the target, shared by equal targets).
@@ -141,6 +143,8 @@ class Gateway:
         }
         if redis_url is not None:
             cfg["redis"] = {"url": redis_url}
+        if patch is not None:  # a benchmark's own additions (more backends, a route's experiment...)
+            patch(cfg)
         cfg_path = log_dir / f"{self.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         argv = [

@@ -48,6 +48,22 @@ if v and v ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end
 return v
 """
 
+# One flush as one script call: a pipeline of one SET per request cost the event loop ~17 µs of
+# packing per entry (5 ms for 300). ARGV[1] is a JSON list of [value, milliseconds to live, nx]
+# for KEYS in order; nx "1" writes only a key that does not exist yet.
+_WRITE_LUA = """
+local entries = cjson.decode(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local e = entries[i]
+  if e[3] == '1' then
+    redis.call('SET', key, e[1], 'PX', e[2], 'NX')
+  else
+    redis.call('SET', key, e[1], 'PX', e[2])
+  end
+end
+return #KEYS
+"""
+
 
 class LedgerUnavailable(Exception):
     """`take` could not reach the store (Redis away, breaker open, or over budget)."""
@@ -154,6 +170,7 @@ class RedisLedger:
         self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, what="feedback ledger")
         self.redis: aioredis.Redis = unretried_redis(redis_url, socket_timeout_s=2.0)
         self._take_script = self.redis.register_script(_TAKE_LUA)
+        self._write_script = self.redis.register_script(_WRITE_LUA)
         # Not yet written to Redis, oldest first; an entry taken here stays, as the marker to write.
         self._buffer: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         # Held while a flush is in flight, so a `take` of an entry being written waits for the write
@@ -204,7 +221,7 @@ class RedisLedger:
             log.exception("feedback ledger flush failed unexpectedly")
 
     async def flush(self) -> bool:
-        """Write the buffer in one pipeline; False (entries kept) when Redis did not take it."""
+        """Write the buffer in one script call; False (entries kept) when Redis did not take it."""
         async with self._lock:
             if not self._buffer:
                 return True
@@ -225,18 +242,19 @@ class RedisLedger:
             return True
 
     async def _write(self, entries: OrderedDict[tuple[str, str], _Entry], now: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)  # every SET stands alone: no need for MULTI
+        keys: list[str] = []
+        rows: list[tuple[str, str, str]] = []
         for (tenant, request_id), entry in entries.items():
             # The TTL counts from `remember`, not from the flush, like the in-process ledger.
-            left_ms = max(1, int((entry.at + self.ttl_s - now) * 1000))
-            key = self.key(request_id, tenant)
+            left_ms = str(max(1, int((entry.at + self.ttl_s - now) * 1000)))
+            keys.append(self.key(request_id, tenant))
             if entry.served is None:
-                pipe.set(key, USED_MARKER, px=left_ms)
+                rows.append((USED_MARKER.decode(), left_ms, "0"))
             else:
                 # NX: a flush retried after its reply was lost must not overwrite the used marker
                 # another replica wrote in between (that would accept the feedback twice).
-                pipe.set(key, _encode(entry.served), px=left_ms, nx=True)
-        await pipe.execute()
+                rows.append((_encode(entry.served).decode(), left_ms, "1"))
+        await self._write_script(keys=keys, args=[msgspec.json.encode(rows)], client=self.redis)
 
     async def take(self, request_id: str, tenant: str) -> Taken:
         """The first call for a request returns its arm and marks it used; raises `LedgerUnavailable`."""

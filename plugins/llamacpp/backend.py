@@ -18,6 +18,7 @@ from gateway.schemas import RequestKind
 from gateway.upstream import UpstreamError
 from plugins.llamacpp.metrics import parse_load, parse_slots
 from plugins.llamacpp.model_path import ModelNotFound, resolve_model
+from plugins.llamacpp.split_model import is_split_reference, parse_split_reference
 from plugins.llamacpp.supervisor import ManagedProcess
 from plugins.openai_compat.backend import OpenAICompatBackend, OpenAICompatOptions
 from plugins.openai_compat.errors import http_error, transport_error
@@ -89,6 +90,11 @@ class LlamaCppBackend(OpenAICompatBackend):
                 launch = msgspec.convert(config.launch, LaunchConfig)
                 if launch.ctx <= 0 or launch.threads <= 0 or launch.parallel <= 0:
                     yield ("launch", "ctx, threads and parallel must be positive")
+                if is_split_reference(launch.model):  # a typo shows at check-config, not at start
+                    try:
+                        parse_split_reference(launch.model)
+                    except ModelNotFound as err:
+                        yield ("launch.model", str(err))
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -110,7 +116,8 @@ class LlamaCppBackend(OpenAICompatBackend):
     async def start(self) -> None:
         if self.launch is None:
             return
-        model = resolve_model(self.launch.model, self._config_dir)
+        # A split model is joined on first use (seconds): off the event loop, so other backends start meanwhile.
+        model = await asyncio.to_thread(resolve_model, self.launch.model, self._config_dir)
         host, port = "127.0.0.1", None
         if self.config.url is not None:
             from urllib.parse import urlsplit

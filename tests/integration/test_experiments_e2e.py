@@ -172,7 +172,7 @@ def test_an_auto_stop_made_by_one_replica_is_obeyed_by_the_other_and_the_cli_rep
 def test_a_shadow_mirrors_without_changing_what_users_get(
     emulators: tuple[EmulatorProcess, EmulatorProcess], tmp_path: Path
 ) -> None:
-    control, candidate = emulators
+    candidate = emulators[1]
     with gateways(config(emulators, None), tmp_path / "plain", 1) as (plain,):
         expected = [send(plain, chat(f"s{i}", stream=i % 2 == 0)).content for i in range(10)]
     candidate.knobs(fault="none", ttft_ms=300, tpot_ms=5)  # a slow candidate

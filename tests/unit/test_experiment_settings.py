@@ -79,7 +79,8 @@ def test_names_must_be_unique_and_arms_must_not_nest_or_be_ambiguous() -> None:
         {"model": "y", "backends": ["a"], "experiment": {"name": "e", "arms": {"control": "b", "candidate": "x"}}},
     ])
     text = "\n".join(found)
-    assert "routes[1].experiment.arms.control: 'a' is both a backend and a route: write 'backend:a' or 'route:a'" in text
+    assert ("routes[1].experiment.arms.control: 'a' is both a backend and a route: write 'backend:a' or "
+            "'route:a'") in text
     assert "routes[2].experiment.arms.candidate: route 'x' runs an experiment itself; experiments do not nest" in text
     assert "routes[2].experiment.name: 'e' is already used by routes[1].experiment" in text
 
