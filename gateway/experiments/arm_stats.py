@@ -24,19 +24,16 @@ count it twice, the usual at-least-once trade).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from typing import Any, Literal, Protocol
 
 import msgspec
-import redis.asyncio as aioredis
 
-from gateway.cache.redis_guard import RedisCallFailed, RedisGuard, unretried_redis
+from gateway.cache.redis_guard import RedisCallFailed
 from gateway.experiments.arm_totals import METRICS, ArmObservation, ArmTotals
+from gateway.experiments.redis_writer import FlushedRedisWriter
 from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS
-from gateway.routing.periodic import PeriodicTask
-from gateway.routing.shared_redis import describe_redis_url
 
 log = logging.getLogger("gateway.experiments")
 
@@ -141,7 +138,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisArmStats:
+class RedisArmStats(FlushedRedisWriter):
     """Arm metrics shared by every replica through one Redis (layout in the module docstring).
 
     `totals` reads what has been flushed (this replica's last `flush_interval_s` is not in it until
@@ -153,22 +150,15 @@ class RedisArmStats:
     def __init__(self, redis_url: str, *, key_prefix: str = "gateway:exp:", flush_interval_s: float = 0.1,
                  budget_s: float = 0.25, retry_s: float = 1.0, max_pending_batches: int = 600,
                  alpha: float = DEFAULT_ALPHA, max_buckets: int = DEFAULT_MAX_BUCKETS) -> None:
-        self.url, self.key_prefix, self.flush_interval_s = redis_url, key_prefix, flush_interval_s
+        super().__init__(redis_url, what="experiment stats", flush_interval_s=flush_interval_s,
+                         budget_s=budget_s, retry_s=retry_s)
+        self.key_prefix = key_prefix
         self.max_pending_batches = max_pending_batches
         self.alpha, self.max_buckets = alpha, max_buckets
         self.dropped = 0
-        self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, what="experiment stats")
-        self.redis: aioredis.Redis = unretried_redis(redis_url, socket_timeout_s=2.0)
         self._flush_script = self.redis.register_script(_FLUSH_LUA)
         self._current: Batch = {}
         self._pending: deque[Batch] = deque()
-        self._lock = asyncio.Lock()
-        self._flusher = PeriodicTask("experiment-stats-flush", self._flush_logged, flush_interval_s)
-        self._started = False
-        self._warned_drop = False
-
-    def describe(self) -> str:
-        return describe_redis_url(self.url)
 
     @property
     def pending_batches(self) -> int:
@@ -193,18 +183,6 @@ class RedisArmStats:
 
     def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
         self._arm(experiment, arm).add_feedback(score, label)
-
-    async def start(self) -> None:
-        """Start the background flusher (idempotent)."""
-        if not self._started:
-            self._started = True
-            self._flusher.start()
-
-    async def _flush_logged(self) -> None:
-        try:
-            await self.flush()
-        except Exception:  # the flusher must outlive any surprise, or metrics stop silently
-            log.exception("experiment stats flush failed unexpectedly")
 
     async def flush(self) -> bool:
         """Write every pending batch in one script call; False (batches kept) when Redis did not take it."""
@@ -301,11 +279,6 @@ class RedisArmStats:
         except RedisCallFailed as err:
             raise ArmStatsUnavailable(f"resetting experiment stats for {experiment!r} failed: {err}") from err
 
-    async def aclose(self) -> None:
-        """Stop the flusher, try one last flush, close the connection; never raises for Redis trouble."""
-        await self._flusher.stop()
-        self._started = False
-        if not await self.flush():
-            lost = sum(t.requests + t.feedback_count for b in self._pending for t in b.values())
-            log.warning("experiment stats: %d observations not written to %s at shutdown", lost, self.describe())
-        await self.redis.aclose()
+    def unflushed(self) -> str:
+        lost = sum(t.requests + t.feedback_count for b in (self._current, *self._pending) for t in b.values())
+        return f"{lost} observations"

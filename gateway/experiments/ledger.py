@@ -16,7 +16,6 @@ Redis layout (`p` is `key_prefix`, names percent-escaped so ':' in a name cannot
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -24,12 +23,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
-import redis.asyncio as aioredis
 
-from gateway.cache.redis_guard import RedisCallFailed, RedisGuard, unretried_redis
+from gateway.cache.redis_guard import RedisCallFailed
 from gateway.experiments.arm_stats import _segment
-from gateway.routing.periodic import PeriodicTask
-from gateway.routing.shared_redis import describe_redis_url
+from gateway.experiments.redis_writer import FlushedRedisWriter
 
 log = logging.getLogger("gateway.experiments")
 
@@ -152,7 +149,7 @@ def _encode(served: tuple[str, str]) -> bytes:
 _decoder = msgspec.json.Decoder(tuple[str, str])
 
 
-class RedisLedger:
+class RedisLedger(FlushedRedisWriter):
     """A ledger shared by every replica through one Redis (layout in the module docstring).
 
     `remember` only adds to a local buffer (at most `max_pending` entries, the oldest dropped first
@@ -164,24 +161,16 @@ class RedisLedger:
     def __init__(self, redis_url: str, ttl_s: float, *, key_prefix: str = "gateway:exp:",
                  flush_interval_s: float = 0.1, budget_s: float = 0.25, retry_s: float = 1.0,
                  max_pending: int = 100_000, clock: Clock = time.monotonic) -> None:
-        self.url, self.ttl_s, self.key_prefix = redis_url, ttl_s, key_prefix
-        self.flush_interval_s, self.max_pending, self.clock = flush_interval_s, max_pending, clock
+        super().__init__(redis_url, what="feedback ledger", flush_interval_s=flush_interval_s,
+                         budget_s=budget_s, retry_s=retry_s)
+        self.ttl_s, self.key_prefix, self.max_pending, self.clock = ttl_s, key_prefix, max_pending, clock
         self.dropped = 0
-        self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, what="feedback ledger")
-        self.redis: aioredis.Redis = unretried_redis(redis_url, socket_timeout_s=2.0)
         self._take_script = self.redis.register_script(_TAKE_LUA)
         self._write_script = self.redis.register_script(_WRITE_LUA)
         # Not yet written to Redis, oldest first; an entry taken here stays, as the marker to write.
         self._buffer: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        # Held while a flush is in flight, so a `take` of an entry being written waits for the write
-        # (then finds it in Redis) or its failure (then finds it back in the buffer): never neither.
-        self._lock = asyncio.Lock()
-        self._flusher = PeriodicTask("feedback-ledger-flush", self._flush_logged, flush_interval_s)
-        self._started = False
-        self._warned_drop = False
-
-    def describe(self) -> str:
-        return describe_redis_url(self.url)
+        # `_lock` is held while a flush is in flight, so a `take` of an entry being written waits for
+        # the write (then finds it in Redis) or its failure (then finds it back in the buffer).
 
     @property
     def pending(self) -> int:
@@ -207,18 +196,6 @@ class RedisLedger:
                 self._warned_drop = True
                 log.warning("feedback ledger: more than %d requests waiting for %s, dropping the oldest",
                             self.max_pending, self.describe())
-
-    async def start(self) -> None:
-        """Start the background flusher (idempotent)."""
-        if not self._started:
-            self._started = True
-            self._flusher.start()
-
-    async def _flush_logged(self) -> None:
-        try:
-            await self.flush()
-        except Exception:  # the flusher must outlive any surprise, or feedback stops joining silently
-            log.exception("feedback ledger flush failed unexpectedly")
 
     async def flush(self) -> bool:
         """Write the buffer in one script call; False (entries kept) when Redis did not take it."""
@@ -285,11 +262,5 @@ class RedisLedger:
             log.error("feedback ledger: %s holds a value that is not ours: %r", key, raw[:100])
             return Taken()
 
-    async def aclose(self) -> None:
-        """Stop the flusher, try one last flush, close the connection; never raises for Redis trouble."""
-        await self._flusher.stop()
-        self._started = False
-        if not await self.flush():
-            log.warning("feedback ledger: %d requests not written to %s at shutdown", len(self._buffer),
-                        self.describe())
-        await self.redis.aclose()
+    def unflushed(self) -> str:
+        return f"{len(self._buffer)} requests"
