@@ -68,8 +68,9 @@ class ArmStatsUnavailable(Exception):
     """`totals` or `reset` could not reach the store (Redis away, breaker open, or over budget)."""
 
 
-# The per-arm tallies that are one event each: an assignment, a cache hit, a shadow request skipped.
-Tally = Literal["assigned", "cache_hits", "skipped"]
+# The per-arm tallies that are one event each: an assignment (at the steady split, or during a ramp),
+# a cache hit, a shadow request skipped.
+Tally = Literal["assigned", "ramp_assigned", "cache_hits", "skipped"]
 
 
 class ArmStatsStore(Protocol):

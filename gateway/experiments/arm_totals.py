@@ -17,7 +17,8 @@ from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS, Laten
 METRICS = ("ttft", "tpot", "e2e")
 # Redis field -> attribute, for the counters (HINCRBY) and the sums (HINCRBYFLOAT) of the counts hash.
 _INT_FIELDS = {
-    "assigned": "assigned", "cache_hits": "cache_hits", "skipped": "skipped", "requests": "requests",
+    "assigned": "assigned", "ramp_assigned": "ramp_assigned", "cache_hits": "cache_hits", "skipped": "skipped",
+    "requests": "requests",
     "errors": "errors", "input_tokens": "input_tokens", "output_tokens": "output_tokens",
     "fb_n": "feedback_count", "fb_scored": "score_count", "agree_n": "agreement_count", "agree_exact": "exact_count",
 }
@@ -58,14 +59,17 @@ class ArmTotals:
     since a stream that broke half-way was still generated and paid for. `feedback_count` counts
     all feedback, `score_count` the feedback that carried a score.
 
-    `assigned` counts requests the assignment gave this arm (what the sample-ratio check compares
-    with the design); `requests` those it served from a backend; `cache_hits` those answered from
-    the cache instead; `skipped` shadow requests not mirrored because the candidate was full.
+    `assigned` counts requests the assignment gave this arm at the design's steady split (what the
+    sample-ratio check compares with it), `ramp_assigned` those it gave while a ramp was still moving
+    the split (no fixed share to compare them with); `requests` those it served from a backend;
+    `cache_hits` those answered from the cache instead; `skipped` shadow requests not mirrored
+    because the candidate was full.
     """
 
     alpha: float = DEFAULT_ALPHA
     max_buckets: int = DEFAULT_MAX_BUCKETS
     assigned: int = 0
+    ramp_assigned: int = 0
     cache_hits: int = 0
     skipped: int = 0
     requests: int = 0

@@ -203,6 +203,7 @@ def arm_summary(totals: ArmTotals, *, target: str | None, expected_share: float 
         "target": target,
         "expected_share": expected_share,
         "assigned": totals.assigned,
+        "assigned_during_ramp": totals.ramp_assigned,
         "observed_share": totals.assigned / total_assigned if total_assigned else None,
         "requests": requests,
         "cache_hits": totals.cache_hits,

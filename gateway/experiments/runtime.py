@@ -73,6 +73,11 @@ class LiveExperiment:
         self._stopped_choice = chosen._replace(
             header=(b"x-gateway-experiment", f"{self.name}={state.serve}; stopped".encode()), recorded=False)
 
+    def ramping(self, now: float) -> bool:
+        """Whether a ramp is still moving the split at `now` (its assignments have no fixed design)."""
+        ramp = self.assigner.ramp
+        return ramp is not None and now < ramp.start_at + ramp.duration_s
+
     def active(self) -> bool:
         """Assigning arms now: inside [start, stop) and not stopped."""
         return self.stopped is None and self.assigner.active()

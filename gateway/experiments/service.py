@@ -93,7 +93,10 @@ class ExperimentService:
     def assigned(self, choice: ArmChoice, request_id: bytes, tenant: str) -> None:
         """Count an assignment and remember it for feedback."""
         if choice.recorded:
-            self.store.count(choice.experiment, choice.arm, "assigned")
+            live = self.live[choice.experiment]
+            # The sample-ratio check compares the steady split only: mid-ramp shares keep moving.
+            tally = "ramp_assigned" if live.ramping(self._clock()) else "assigned"
+            self.store.count(choice.experiment, choice.arm, tally)
             self.ledger.remember(request_id.decode("ascii", "replace"), tenant, choice.experiment, choice.arm)
 
     def finish(self, choice: ArmChoice | None, tap: ServeTap, mirror: ShadowRun | None) -> None:

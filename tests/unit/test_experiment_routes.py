@@ -330,3 +330,15 @@ async def _mirrors_done(gw: GatewayUnderTest) -> None:
     pending = list(gw.state.experiments._mirrors)
     if pending:
         await asyncio.wait_for(asyncio.gather(*pending), 5)
+
+
+async def test_assignments_during_a_ramp_are_kept_apart_from_the_sample_ratio_check() -> None:
+    ramp = {"start": "2020-01-01T00:00:00Z", "ramp": {"from_share": 0.2, "to_share": 0.5, "duration_s": 1e10}}
+    async with running_gateway(config(ramp)) as gw:
+        for i in range(300):
+            assert (await post(gw, chat(f"u{i}"))).status_code == 200
+        body = await report(gw)
+        during = {arm: body["arms"][arm]["assigned_during_ramp"] for arm in ("control", "candidate")}
+        assert sum(during.values()) == 300 and during["candidate"] > 0
+        assert body["arms"]["control"]["assigned"] == body["arms"]["candidate"]["assigned"] == 0
+        assert body["srm"]["alarm"] is False  # a moving split is never compared with today's shares
