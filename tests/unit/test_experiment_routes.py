@@ -342,3 +342,18 @@ async def test_assignments_during_a_ramp_are_kept_apart_from_the_sample_ratio_ch
         assert sum(during.values()) == 300 and during["candidate"] > 0
         assert body["arms"]["control"]["assigned"] == body["arms"]["candidate"]["assigned"] == 0
         assert body["srm"]["alarm"] is False  # a moving split is never compared with today's shares
+
+
+async def test_an_arm_can_be_another_route_with_its_own_backends() -> None:
+    raw = config({"arms": {"control": "big", "candidate": "route:small-fleet"}})
+    raw["routes"].append({"model": "small-fleet", "backends": ["small"], "cache": {"mode": "off"}})
+    async with running_gateway(raw) as gw:
+        answers_with(gw)
+        seen = set()
+        for i in range(40):
+            response = await post(gw, chat(f"u{i}"))
+            arm = arm_of(response.headers)
+            seen.add(arm)
+            assert response.headers["x-gateway-backend"] == {"control": "big", "candidate": "small"}[arm]
+        assert seen == {"control", "candidate"}
+        assert (await report(gw))["arms"]["candidate"]["target"] == "route small-fleet"
