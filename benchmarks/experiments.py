@@ -7,9 +7,11 @@ hashed to an arm, and both arms are exercised):
 * ``plain route``: the gateway with no experiment;
 * ``experiment (memory)``: a 50/50 experiment between two backends (both the fake upstream), arm
   metrics in process;
-* ``experiment (redis)``: the same with arm metrics, the feedback ledger and routing state in Redis;
-* ``shadow 100%``: every request also mirrored to a second backend off the response path (the
-  upstream then does twice the work, on the same core as the load generator: read req/s with that in mind).
+* ``shadow 100%``: every request also mirrored to a second backend once its response is over (the
+  upstream then does twice the work, on the same core as the load generator: read req/s with that in mind);
+* ``plain route (redis)``: no experiment, but ``redis.url`` set (routing state in Redis);
+* ``experiment (redis)``: the experiment with arm metrics and the feedback ledger in Redis too
+  (compared with ``plain route (redis)``).
 
 Each at concurrency 1 (p50/p99 latency) and at ``--concurrency`` (req/s, gateway CPU per request).
 The ``x-gateway-experiment`` header of every response is tallied: an experiment case must show both
@@ -67,7 +69,8 @@ class Case:
 
 
 CASES = [Case("direct", "direct"), Case("plain route", "plain"), Case("experiment (memory)", "experiment"),
-         Case("experiment (redis)", "experiment", redis=True), Case("shadow 100%", "shadow")]
+         Case("shadow 100%", "shadow"), Case("plain route (redis)", "plain", redis=True),
+         Case("experiment (redis)", "experiment", redis=True)]
 
 
 def body(stream: bool) -> bytes:
@@ -95,6 +98,11 @@ def measure(port: int, stream: bool, concurrency: int, args: argparse.Namespace,
     if len(edges) == 2 and gateway_pids and res.completed:
         out["gw_cpu_us"] = 1e6 * (edges[1][1] - edges[0][1]) / res.completed
     return out
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each number's median over the repeats (the header tallies are summed separately)."""
+    return median_of([{k: v for k, v in r.items() if k != "header_counts"} for r in runs])
 
 
 def arms_seen(case: Case, counts: dict[str, int]) -> tuple[str, bool]:
@@ -160,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             "gw CPU us/req", "x-gateway-experiment", "fail"]
     rows = []
     for stream in modes:
-        plain1 = median_of(runs[("plain route", stream, 1)])
-        plainn = median_of(runs[("plain route", stream, conc)])
         for case in CASES:
+            base = "plain route (redis)" if case.redis else "plain route"
+            plain1, plainn = medians(runs[(base, stream, 1)]), medians(runs[(base, stream, conc)])
             one, many = runs[(case.label, stream, 1)], runs[(case.label, stream, conc)]
-            m1, mn = median_of(one), median_of(many)
+            m1, mn = medians(one), medians(many)
             counts: dict[str, int] = {}
             for r in one + many:
                 for k, n in r["header_counts"].items():
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([
                 "stream" if stream else "non-stream", case.label, f"{m1['p50_ms']:.3f}/{m1['p99_ms']:.3f}",
                 "-" if case.kind in ("direct", "plain") else f"{m1['p50_ms'] - plain1['p50_ms']:+.3f}",
-                f"{mn['rps']:,.0f}", "-" if case.kind == "direct" else f"{mn['rps'] / plainn['rps']:.2f}",
+                f"{mn['rps']:,.0f}", "-" if case.kind in ("direct", "plain") else f"{mn['rps'] / plainn['rps']:.2f}",
                 f"{mn['gw_cpu_us']:.0f}" if "gw_cpu_us" in mn else "-", seen + ("" if ok else " (!)"),
                 str(sum(r["failed"] for r in one + many)),
             ])

@@ -153,8 +153,8 @@ class OpenAIHandler:
             if experiments is not None:
                 if experiments.shadow is not None:
                     mirror = state.experiments.mirror(experiments.shadow, self.kind, data, features.tenant,
-                                                      stream=stream, started=started,
-                                                      dispatcher=state.dispatcher, routing=state.routing)
+                                                      stream=stream, dispatcher=state.dispatcher,
+                                                      routing=state.routing)
                 tap = ServeTap(started, stream=stream, headers=[choice.header] if choice is not None else [],
                                capture=mirror is not None)
                 send = tap.wrap(send)

@@ -102,7 +102,7 @@ class ExperimentService:
     def finish(self, choice: ArmChoice | None, tap: ServeTap, mirror: ShadowRun | None) -> None:
         """The request is over: record it for its arm and hand the served answer to its mirror."""
         if mirror is not None:
-            mirror.served_done(tap)
+            self._spawn(mirror, tap)
         if choice is None or not choice.recorded or tap.status in (0, 499):
             return  # a client that hung up tells nothing about the arm
         if tap.dispatched:
@@ -111,19 +111,21 @@ class ExperimentService:
             self.store.count(choice.experiment, choice.arm, "cache_hits")
 
     def mirror(self, shadow: ShadowExperiment, kind: RequestKind, body: dict[str, Any], tenant: str, *,
-               stream: bool, started: float, dispatcher: Dispatcher, routing: RoutingState) -> ShadowRun | None:
-        """Start mirroring this request when it is in the sample and a slot is free; None otherwise."""
+               stream: bool, dispatcher: Dispatcher, routing: RoutingState) -> ShadowRun | None:
+        """A mirror of this request when it is in the sample and a slot is free (None otherwise); it is
+        sent by `finish`, once the user's response is over."""
         if not shadow.sampled():
             return None
         if not shadow.reserve():
             self.store.count(shadow.name, ShadowExperiment.CANDIDATE, "skipped")
             return None
-        run = ShadowRun(shadow, kind, body, tenant, stream=stream, started=started, dispatcher=dispatcher,
-                        routing=routing, store=self.store)
-        task = asyncio.get_running_loop().create_task(run.run(), name=f"shadow-{shadow.name}")
+        return ShadowRun(shadow, kind, body, tenant, stream=stream, dispatcher=dispatcher, routing=routing,
+                         store=self.store)
+
+    def _spawn(self, run: ShadowRun, tap: ServeTap) -> None:
+        task = asyncio.get_running_loop().create_task(run.run(tap), name=f"shadow-{run.shadow.name}")
         self._mirrors.add(task)  # a strong reference until it ends, or the loop may drop it
         task.add_done_callback(self._mirrors.discard)
-        return run
 
     # -- feedback -----------------------------------------------------------------------------------
 
