@@ -25,8 +25,8 @@ from gateway.experiments.settings import (
     ExperimentConfig,
     ExperimentsConfig,
     ShadowConfig,
+    experiment_problems,
     experiments_problems,
-    route_experiment_problems,
 )
 
 PolicyName = Literal[
@@ -340,18 +340,7 @@ def parse_config(
                 "already serves it)"
             )
         route_models.setdefault(route.model, i)
-    exact_routes = {r.model: r.experiment is not None for r in routes if not any(c in r.model for c in "*?[")}
-    experiment_names: dict[str, str] = {}
-    for i, route in enumerate(routes):
-        problems.extend(route_experiment_problems(f"routes[{i}]", route.experiment, route.shadow,
-                                                  {str(name) for name in declared}, exact_routes))
-        for section, what in ((route.experiment, "experiment"), (route.shadow, "shadow")):
-            if section is None:
-                continue
-            if section.name in experiment_names:
-                problems.append(f"routes[{i}].{what}.name: '{section.name}' is already used by "
-                                f"{experiment_names[section.name]}")
-            experiment_names.setdefault(section.name, f"routes[{i}].{what}")
+    problems.extend(experiment_problems(routes, {str(name) for name in declared}))
     if server is not None:
         if not 0 <= server.port <= 65535:
             problems.append("server.port: must be between 0 and 65535")

@@ -31,7 +31,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     except ImportError as err:
         raise PlotUnavailable(INSTALL_HINT) from err
 
-    metric = report.get("metric") if report.get("metric") in _LATENCY else "e2e"
+    metric = str(report["metric"]) if report.get("metric") in _LATENCY else "e2e"
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     try:
         _distributions(left, report, metric)

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
-from gateway.experiments.arm_stats import ArmStatsStore, ArmStatsUnavailable, InProcessArmStats, RedisArmStats
+from gateway.experiments.arm_stats import (
+    ArmStatsStore,
+    ArmStatsUnavailable,
+    InProcessArmStats,
+    RedisArmStats,
+    Tally,
+)
 from gateway.experiments.journal import ExperimentJournal, InProcessJournal, JournalUnavailable, RedisJournal
 from gateway.experiments.ledger import FeedbackLedger, InProcessLedger, LedgerUnavailable, RedisLedger
 from gateway.experiments.report import auto_stop_decision, build_report, estimate_point
@@ -95,7 +101,7 @@ class ExperimentService:
         if choice.recorded:
             live = self.live[choice.experiment]
             # The sample-ratio check compares the steady split only: mid-ramp shares keep moving.
-            tally = "ramp_assigned" if live.ramping(self._clock()) else "assigned"
+            tally: Tally = "ramp_assigned" if live.ramping(self._clock()) else "assigned"
             self.store.count(choice.experiment, choice.arm, tally)
             self.ledger.remember(request_id.decode("ascii", "replace"), tenant, choice.experiment, choice.arm)
 

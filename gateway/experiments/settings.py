@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import msgspec
 
@@ -227,6 +228,29 @@ def route_experiment_problems(
             problems.append(f"{where}.sample: must be in (0, 1]")
         if shadow.max_in_flight < 1:
             problems.append(f"{where}.max_in_flight: must be at least 1")
+    return problems
+
+
+class _RouteSections(Protocol):
+    model: str
+    experiment: ExperimentConfig | None
+    shadow: ShadowConfig | None
+
+
+def experiment_problems(routes: Sequence[_RouteSections], backends: set[str]) -> list[str]:
+    """Problems of every route's `experiment` and `shadow`, and of names used twice across routes."""
+    exact_routes = {r.model: r.experiment is not None for r in routes if not any(c in r.model for c in "*?[")}
+    problems: list[str] = []
+    used: dict[str, str] = {}
+    for i, route in enumerate(routes):
+        problems.extend(route_experiment_problems(f"routes[{i}]", route.experiment, route.shadow, backends,
+                                                  exact_routes))
+        for section, what in ((route.experiment, "experiment"), (route.shadow, "shadow")):
+            if section is None:
+                continue
+            if section.name in used:
+                problems.append(f"routes[{i}].{what}.name: '{section.name}' is already used by {used[section.name]}")
+            used.setdefault(section.name, f"routes[{i}].{what}")
     return problems
 
 
