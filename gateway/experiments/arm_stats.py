@@ -32,7 +32,7 @@ import msgspec
 
 from gateway.cache.redis_guard import RedisCallFailed
 from gateway.experiments.arm_totals import METRICS, ArmObservation, ArmTotals
-from gateway.experiments.redis_writer import FlushedRedisWriter
+from gateway.experiments.redis_writer import FlushedRedisWriter, key_segment
 from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS
 
 log = logging.getLogger("gateway.experiments")
@@ -131,10 +131,6 @@ class InProcessArmStats:
         return None
 
 
-def _segment(name: str) -> str:
-    return name.replace("%", "%25").replace(":", "%3A")
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -167,7 +163,7 @@ class RedisArmStats(FlushedRedisWriter):
         return len(self._pending)
 
     def _key(self, experiment: str, suffix: str) -> str:
-        return f"{self.key_prefix}exp:{_segment(experiment)}:{suffix}"
+        return f"{self.key_prefix}exp:{key_segment(experiment)}:{suffix}"
 
     def _arm(self, experiment: str, arm: str) -> ArmTotals:
         key = (experiment, arm)
@@ -229,7 +225,7 @@ class RedisArmStats(FlushedRedisWriter):
             items.append(item)
 
         for (experiment, arm), totals in merged.items():
-            base = f"{_segment(arm)}:"
+            base = f"{key_segment(arm)}:"
             keys.append(self._key(experiment, "arms"))
             items.append([len(keys), "s", arm])
             ints, floats = totals.counter_increments()
@@ -252,7 +248,7 @@ class RedisArmStats(FlushedRedisWriter):
                 pipe = self.redis.pipeline(transaction=True)  # one consistent snapshot of all arms
                 for arm in arms:
                     for name in names:
-                        pipe.hgetall(self._key(experiment, f"{_segment(arm)}:{name}"))
+                        pipe.hgetall(self._key(experiment, f"{key_segment(arm)}:{name}"))
                 return list(await pipe.execute())
 
             hashes = await self.guard.call("totals", read) if arms else []
@@ -275,7 +271,7 @@ class RedisArmStats(FlushedRedisWriter):
         arms_key = self._key(experiment, "arms")
         try:
             arms = await self.guard.call("reset", lambda: self.redis.smembers(arms_key))
-            keys = [self._key(experiment, f"{_segment(_text(a))}:{n}") for a in arms for n in ("counts", *METRICS)]
+            keys = [self._key(experiment, f"{key_segment(_text(a))}:{n}") for a in arms for n in ("counts", *METRICS)]
             await self.guard.call("reset", lambda: self.redis.delete(arms_key, *keys))
         except RedisCallFailed as err:
             raise ArmStatsUnavailable(f"resetting experiment stats for {experiment!r} failed: {err}") from err

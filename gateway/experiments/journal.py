@@ -20,7 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from gateway.cache.redis_guard import RedisCallFailed, RedisGuard, unretried_redis
-from gateway.experiments.arm_stats import _segment
+from gateway.experiments.redis_writer import key_segment
 from gateway.experiments.timeline import HistoryPoint, StopState
 from gateway.routing.shared_redis import describe_redis_url
 
@@ -126,7 +126,7 @@ class RedisJournal:
 
     def key(self, experiment: str, suffix: str) -> str:
         """The Redis key of one of the experiment's records (`history` or `stopped`)."""
-        return f"{self.key_prefix}exp:{_segment(experiment)}:{suffix}"
+        return f"{self.key_prefix}exp:{key_segment(experiment)}:{suffix}"
 
     async def append(self, experiment: str, point: HistoryPoint, *, min_gap_s: float, max_points: int = 500) -> bool:
         """Add `point` unless the last one is less than `min_gap_s` older; keep the newest `max_points`."""

@@ -25,8 +25,7 @@ from typing import Protocol
 import msgspec
 
 from gateway.cache.redis_guard import RedisCallFailed
-from gateway.experiments.arm_stats import _segment
-from gateway.experiments.redis_writer import FlushedRedisWriter
+from gateway.experiments.redis_writer import FlushedRedisWriter, key_segment
 
 log = logging.getLogger("gateway.experiments")
 
@@ -179,7 +178,7 @@ class RedisLedger(FlushedRedisWriter):
 
     def key(self, request_id: str, tenant: str) -> str:
         """The Redis key of one request's entry."""
-        return f"{self.key_prefix}req:{_segment(tenant)}:{_segment(request_id)}"
+        return f"{self.key_prefix}req:{key_segment(tenant)}:{key_segment(request_id)}"
 
     def remember(self, request_id: str, tenant: str, experiment: str, arm: str) -> None:
         key = (tenant, request_id)
