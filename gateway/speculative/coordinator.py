@@ -9,11 +9,12 @@ token: nothing is restarted, repeated or skipped.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Literal, NamedTuple
 
 from gateway.speculative.interfaces import Drafter, DraftFailed, RoundResult, Target
+from gateway.speculative.policy import SpeculationPolicy
 from gateway.speculative.verify import accept_round
 
 CommitSource = Literal["speculative", "plain"]
@@ -38,10 +39,12 @@ def _ignore_round(result: RoundResult, draft_s: float, verify_s: float) -> None:
 
 
 class SpeculativeDecoder:
-    """Decodes one request greedily on `target`, `drafter` proposing blocks of `choose_k()` tokens.
+    """Decodes one request greedily on `target`, `drafter` proposing blocks of k tokens.
 
-    One instance per request: the counters describe the last `run` (§5.5's `x_spec`). `choose_k`
-    returning 0 asks for one plain target step (no draft). `on_round(result, draft_s, verify_s)`
+    One instance per request: the counters describe the last `run` (§5.5's `x_spec`). Each round's
+    move comes from `policy` (a `SpeculationPolicy`: k, plain stretches, bursts after empty drafts)
+    or, the bare form, from `choose_k()` (exactly one of the two): k = 0 asks for a plain target step
+    (no draft), and an empty draft is followed by one plain step. `on_round(result, draft_s, verify_s)`
     sees every speculative round with its draft and verify durations from `clock`, for the
     adaptive k (§5.3) and the metrics (§5.6). A `TargetFailed` propagates: there is nothing left to
     ask. A `DraftFailed` switches to plain decoding for the rest of the request (§5.4).
@@ -52,14 +55,19 @@ class SpeculativeDecoder:
         drafter: Drafter,
         target: Target,
         *,
-        choose_k: Callable[[], int],
+        choose_k: Callable[[], int] | None = None,
+        policy: SpeculationPolicy | None = None,
         eos_ids: frozenset[int] = frozenset(),
         on_round: RoundObserver = _ignore_round,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.drafter = drafter
         self.target = target
+        if (choose_k is None) == (policy is None):
+            raise TypeError("SpeculativeDecoder needs exactly one of choose_k and policy")
         self.choose_k = choose_k
+        # The bare `choose_k` is a policy that never bursts: one plain step per empty draft.
+        self.policy = policy if policy is not None else SpeculationPolicy(choose_k, max_empty_drafts=None)
         self.eos_ids = eos_ids
         self.on_round = on_round
         self.clock = clock
@@ -71,6 +79,8 @@ class SpeculativeDecoder:
         self.accepted = 0
         self.target_calls = 0
         self.plain_tokens = 0
+        self.plain_bursts = 0  # plain calls the policy asked for after a streak of empty drafts
+        self.interrupted_bursts = 0  # bursts cut short because the drafter matched again
         self.fallback_reason: str | None = None
         self.fallback_detail: str | None = None
         self.finished_on_eos = False
@@ -78,6 +88,7 @@ class SpeculativeDecoder:
     async def run(self, prompt_ids: Sequence[int], max_tokens: int) -> AsyncIterator[CommitEvent]:
         """Yield the committed output of `prompt_ids`, at most `max_tokens` ids, ending after an EOS."""
         self._reset()
+        self.policy.reset()
         committed = list(prompt_ids)
         produced = 0
         while produced < max_tokens and not self.finished_on_eos:
@@ -89,7 +100,9 @@ class SpeculativeDecoder:
                 return
             # A round yields at most k + 1 tokens: drafting more than remaining - 1 only makes the
             # target verify positions that max_tokens will cut anyway.
-            k = min(max(self.choose_k(), 0), remaining - 1)
+            step = self.policy.next_step()
+            k = min(step.k, remaining - 1)
+            plain = 1 if step.k > 0 else step.plain  # a k cut to 0 by max_tokens: the last token, plainly
             draft: list[int] = []
             draft_s = 0.0
             if k > 0:
@@ -102,12 +115,21 @@ class SpeculativeDecoder:
                     self.fallback_detail = str(failure) or type(failure).__name__
                     continue
                 draft_s = self.clock() - started
+                if not draft:
+                    bursts = self.policy.bursts
+                    plain = self.policy.after_empty_draft()
+                    self.plain_bursts += self.policy.bursts - bursts
             if not draft:
                 # An empty draft costs the same target pass as verifying nothing (V-B sends one
                 # prompt, V-A would even rescore the whole prompt), and a plain step is exact by
-                # construction, with no tie to handle: take the plain step.
+                # construction, with no tie to handle: take the plain step (or the policy's burst,
+                # one streamed call, never more than the tokens still wanted).
                 before = produced
-                async with aclosing(self._plain(committed, 1)) as events:
+                # A drafter that costs microseconds (n-gram) is asked after every token of a burst:
+                # once it matches again the burst stops and speculation resumes, so a short gap
+                # between two copied stretches does not cost a whole burst of plain decoding.
+                resume = self._drafts_again if plain > 1 and getattr(self.drafter, "cheap", False) else None
+                async with aclosing(self._plain(committed, max(min(plain, remaining), 1), resume)) as events:
                     async for event in events:
                         produced += len(event.tokens)
                         yield event
@@ -123,6 +145,7 @@ class SpeculativeDecoder:
             self.drafted += result.drafted
             self.accepted += result.accepted
             self.on_round(result, draft_s, verify_s)
+            self.policy.after_round(result)
             tokens = self._fit(result.tokens, remaining)
             if tokens:
                 committed.extend(tokens)
@@ -138,9 +161,17 @@ class SpeculativeDecoder:
                 if produced == before:
                     return  # the target ended the sequence on its own
 
-    async def _plain(self, committed: list[int], max_tokens: int) -> AsyncIterator[CommitEvent]:
+    async def _drafts_again(self, committed: list[int]) -> bool:
+        """Whether the (cheap) drafter has a proposal after `committed`; a failing one has none."""
+        try:
+            return bool(await self.drafter.draft(tuple(committed), 1))
+        except DraftFailed:
+            return False
+
+    async def _plain(self, committed: list[int], max_tokens: int,
+                     resume: Callable[[list[int]], Awaitable[bool]] | None = None) -> AsyncIterator[CommitEvent]:
         """Plain target decoding from `committed` (extended in place), one event per token so a
-        fall-back keeps streaming token by token."""
+        fall-back keeps streaming token by token; stops early once `resume` says drafting can resume."""
         self.target_calls += 1
         stream = self.target.generate(tuple(committed), max_tokens)
         try:
@@ -151,6 +182,9 @@ class SpeculativeDecoder:
                 max_tokens -= 1
                 # A target that overruns its limit or continues past EOS is cut here, not trusted.
                 if self.finished_on_eos or max_tokens == 0:
+                    break
+                if resume is not None and await resume(committed):
+                    self.interrupted_bursts += 1
                     break
         finally:
             # Leaving early (EOS, limit, consumer gone) must end the target's stream now, not at GC.

@@ -22,7 +22,12 @@ class TargetFailed(Exception):
 
 
 class Drafter(Protocol):
-    """Proposes tokens that the target will probably emit next."""
+    """Proposes tokens that the target will probably emit next.
+
+    A drafter whose `draft` costs microseconds (no backend call, e.g. the n-gram drafter) may set a
+    class attribute `cheap = True`: the decoder then asks it after every token of a plain burst and
+    resumes speculating as soon as it has a proposal.
+    """
 
     name: str
 

@@ -123,6 +123,8 @@ class NgramDrafter:
     """
 
     name = "ngram"
+    # Drafting costs microseconds: the decoder may ask after every plain token whether to resume.
+    cheap = True
 
     def __init__(
         self,

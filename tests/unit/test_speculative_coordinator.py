@@ -1,5 +1,6 @@
 """`SpeculativeDecoder` on emulated targets and drafters: the output is always the target-alone greedy
-output (the exactness property), rounds cost what they should, and failures go where they should."""
+output (the exactness property, with the bare `choose_k` and under a `SpeculationPolicy`), rounds
+cost what they should, and failures go where they should."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.speculative.coordinator import CommitEvent, RoundObserver, SpeculativeDecoder
-from gateway.speculative.interfaces import Drafter, RoundResult, TargetFailed
+from gateway.speculative.interfaces import Drafter, RoundResult, TargetFailed, Verification
+from gateway.speculative.policy import SpeculationPolicy
 
 from .speculative_emulators import (
     EmptyDrafter,
@@ -210,6 +212,8 @@ class Scenario:
     m: int
     fail_draft_on: int | None
     seed: int
+    # (max_empty_drafts, plain_burst, max_plain_burst) for a SpeculationPolicy, None for the bare choose_k.
+    policy: tuple[int, int, int] | None = None
 
 
 @st.composite
@@ -229,7 +233,34 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         m=draw(st.integers(0, 4)),
         fail_draft_on=draw(st.one_of(st.none(), st.integers(1, 6))),
         seed=draw(st.integers(0, 2**16)),
+        policy=draw(st.one_of(
+            st.none(),
+            st.tuples(st.integers(1, 4), st.integers(1, 8), st.integers(0, 8)).map(
+                lambda t: (t[0], t[1], t[1] + t[2])
+            ),
+        )),
     )
+
+
+class BoundedTarget(EmulatedTarget):
+    """An `EmulatedTarget` that fails the test when a call could produce more than the output still
+    wanted: a verify of d drafts commits up to d + 1 tokens, a generate up to its `max_tokens`."""
+
+    def __init__(self, *args: object, prompt_len: int, max_tokens: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.prompt_len = prompt_len
+        self.max_total = max_tokens
+
+    def _room(self, committed: Sequence[int]) -> int:
+        return self.max_total - (len(committed) - self.prompt_len)
+
+    async def verify(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
+        assert 1 <= len(draft) + 1 <= self._room(committed)
+        return await super().verify(committed, draft)
+
+    def generate(self, committed: Sequence[int], max_tokens: int):  # type: ignore[no-untyped-def]
+        assert 1 <= max_tokens <= self._room(committed)
+        return super().generate(committed, max_tokens)
 
 
 def drafter_for(scenario: Scenario, function: NextToken) -> EmulatedDrafter:
@@ -251,9 +282,17 @@ def drafter_for(scenario: Scenario, function: NextToken) -> EmulatedDrafter:
 @given(scenario=scenarios())
 async def test_output_is_always_the_target_alone_greedy_output(scenario: Scenario) -> None:
     function = markov_next_token(scenario.table, scenario.vocab)
-    target = EmulatedTarget(function, eos_ids=scenario.eos_ids, tie_at=scenario.tie_at, truncate=scenario.truncate)
+    target = BoundedTarget(function, eos_ids=scenario.eos_ids, tie_at=scenario.tie_at, truncate=scenario.truncate,
+                           prompt_len=len(scenario.prompt), max_tokens=scenario.max_tokens)
     drafter = drafter_for(scenario, function)
-    decoder = decoder_for(drafter, target, k=scenario.ks, eos_ids=scenario.eos_ids)
+    if scenario.policy is None:
+        decoder = decoder_for(drafter, target, k=scenario.ks, eos_ids=scenario.eos_ids)
+    else:
+        max_empty, burst, max_burst = scenario.policy
+        ks = itertools.cycle(scenario.ks)
+        policy = SpeculationPolicy(lambda: next(ks), max_empty_drafts=max_empty, plain_burst=burst,
+                                   max_plain_burst=max_burst)
+        decoder = SpeculativeDecoder(drafter, target, policy=policy, eos_ids=scenario.eos_ids, clock=TickingClock())
 
     events = await decode(decoder, scenario.prompt, scenario.max_tokens)
 
@@ -265,3 +304,7 @@ async def test_output_is_always_the_target_alone_greedy_output(scenario: Scenari
     if decoder.fallback_reason is not None:
         # Never asked again after failing: the rest came from one plain stream.
         assert drafter.calls == scenario.fail_draft_on
+    if scenario.policy is None:
+        assert decoder.plain_bursts == 0
+    # Every plain burst is one generate call (BoundedTarget checked that none asked past max_tokens).
+    assert decoder.plain_bursts <= target.generate_calls
