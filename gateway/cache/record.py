@@ -61,6 +61,11 @@ def _payload_of(block: bytes) -> bytes | None:
 _ERROR_STARTS = (b'{"error"', b'{"object":"error"')
 
 
+def stream_failed(raw: bytes) -> bool:
+    """Whether SSE bytes hold an error event (ours, or vLLM's in either form)."""
+    return any(b"data: " + start in raw for start in _ERROR_STARTS)
+
+
 class StreamRecorder:
     """Records a stream's events as the client gets them, for the cache and for followers.
 

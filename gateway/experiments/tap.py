@@ -13,80 +13,32 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import msgspec
-
-from gateway.cache.record import StreamRecorder
+from gateway.cache.record import StreamRecorder, stream_failed
 from gateway.cache.replay import replay_body
 from gateway.experiments.arm_totals import ArmObservation
 from gateway.experiments.similarity import answer_text
+from gateway.routing.resume import StreamProgress
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 MAX_CAPTURE_BYTES = 1024 * 1024  # a longer answer is not compared (its latency still counts)
 
 
-class _Delta(msgspec.Struct):
-    content: str | None = None
-    tool_calls: Any = None  # only looked at for presence; rare, so decoding them costs nothing typical
-    function_call: Any = None
-
-
-class _Choice(msgspec.Struct):
-    index: int = 0
-    delta: _Delta | None = None
-    text: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    choices: list[_Choice] = msgspec.field(default_factory=list)
-    error: Any = None
-
-
-_decode_chunk = msgspec.json.Decoder(_Chunk).decode
-
-
-def _stream_text(kind: str, raw: bytes) -> str | bool | None:
-    """The first choice's text of a complete SSE stream; None for a cut or failed one; False when it
-    carries tool calls, which only the full assembly renders (`answer_text`'s form)."""
-    parts: list[str] = []
-    done = False
-    for line in raw.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            continue
-        try:
-            chunk = _decode_chunk(payload)
-        except msgspec.DecodeError:
-            return None
-        if chunk.error is not None:
-            return None
-        for choice in chunk.choices:
-            if choice.index != 0:
-                continue
-            if kind == "completion":
-                parts.append(choice.text or "")
-            elif choice.delta is not None:
-                if choice.delta.tool_calls is not None or choice.delta.function_call is not None:
-                    return False
-                parts.append(choice.delta.content or "")
-    return "".join(parts) if done else None
-
-
 def answer_of(kind: str, raw: bytes, *, stream: bool) -> str | None:
     """The text of an answer as sent: a JSON body, or an SSE stream assembled (None if cut or failed)."""
     if stream:
-        # The common case, plain text, straight from the chunks: assembling whole answers cost a
-        # mirrored 20-chunk stream about 0.2 ms a side.
-        text = _stream_text(kind, raw)
-        if not isinstance(text, bool):
-            return text
+        # The common case, plain text, straight from the chunks (the resume machinery's reader):
+        # assembling whole answers cost a mirrored 20-chunk stream about 0.2 ms a side. Tool calls
+        # and reasoning, which only the full assembly renders in `answer_text`'s form, go that way.
+        progress = StreamProgress()
+        progress.feed(raw)
+        if not progress.done or stream_failed(raw):
+            return None
+        if progress.unsupported is None:
+            first = progress.choices.get(0)
+            return first.text if first is not None else ""
         recorder = StreamRecorder(kind, max_bytes=MAX_CAPTURE_BYTES)
         recorder.feed(raw)
-        if not recorder.done or recorder.failed or recorder.too_large:
-            return None
         try:
             raw = replay_body(recorder.finish("", estimated_prompt_tokens=0, now=time.time()))
         except ValueError:

@@ -163,7 +163,8 @@ class StreamProgress:
     def feed(self, events: bytes) -> None:
         """Take one batch of whole SSE events sent to the client."""
         for event in events.split(b"\n\n"):
-            data = _event_data(event)
+            # The usual event is one `data: ` line: no need to look at it line by line.
+            data = event[6:] if event.startswith(b"data: ") and b"\n" not in event else _event_data(event)
             if data is None:
                 continue  # a comment (keep-alive) or the empty tail after the last event
             if data.strip() == _DONE:
