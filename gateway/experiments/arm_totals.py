@@ -45,6 +45,23 @@ class ArmObservation(msgspec.Struct, frozen=True):
     similarity: float | None = None
 
 
+def timed_observation(
+    experiment: str, arm: str, ok: bool, *, started: float, first_token_at: float | None, finished_at: float,
+    input_tokens: int, output_tokens: int, cost_usd: float, exact: bool | None = None,
+    similarity: float | None = None,
+) -> ArmObservation:
+    """An observation from one request's clock readings: TTFT from the first content token, time per
+    output token over the tokens after it (None with fewer than two), end to end."""
+    ttft = tpot = None
+    if first_token_at is not None:
+        ttft = first_token_at - started
+        if output_tokens > 1:
+            tpot = (finished_at - first_token_at) / (output_tokens - 1)
+    return ArmObservation(experiment, arm, ok, ttft_s=ttft, tpot_s=tpot, e2e_s=finished_at - started,
+                          input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost_usd, exact=exact,
+                          similarity=similarity)
+
+
 def _finite(x: float | None) -> float | None:
     # A bad measurement must cost one sample, not the request: Redis and the sketch refuse NaN/inf/<0.
     return x if x is not None and math.isfinite(x) and x >= 0.0 else None

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.api.usage import StreamTally, read_usage
-from gateway.experiments.arm_totals import ArmObservation
+from gateway.experiments.arm_totals import timed_observation
 from gateway.experiments.runtime import ShadowExperiment
 from gateway.experiments.similarity import compare_answers
 from gateway.experiments.tap import MAX_CAPTURE_BYTES, ServeTap, answer_of
@@ -116,14 +116,19 @@ class ShadowRun:
         kept: list[bytes] = []
         size = 0
         ok: bool | None = None
+
+        def take(batch: bytes) -> None:
+            nonlocal size
+            if tally.feed(batch) and result.first_token_at is None:
+                result.first_token_at = time.perf_counter()
+            size += len(batch)
+            if size <= MAX_CAPTURE_BYTES:
+                kept.append(batch)
+
         try:
-            for events in _chain(opened.first, opened.rest):
-                async for batch in events:
-                    if tally.feed(batch) and result.first_token_at is None:
-                        result.first_token_at = time.perf_counter()
-                    size += len(batch)
-                    if size <= MAX_CAPTURE_BYTES:
-                        kept.append(batch)
+            take(opened.first)
+            async for batch in opened.rest:
+                take(batch)
             ok = True
         except Exception:
             ok = False
@@ -157,21 +162,10 @@ class ShadowRun:
             self.store.record(tap.observation(name, ShadowExperiment.SERVED))
         else:
             self.store.count(name, ShadowExperiment.SERVED, "cache_hits")
-        end = candidate.finished_at or time.perf_counter()
-        ttft = candidate.first_token_at - self.started if candidate.first_token_at is not None else None
-        tpot = None
-        if candidate.first_token_at is not None and candidate.output_tokens > 1:
-            tpot = (end - candidate.first_token_at) / (candidate.output_tokens - 1)
-        self.store.record(ArmObservation(
-            name, ShadowExperiment.CANDIDATE, candidate.ok, ttft_s=ttft, tpot_s=tpot, e2e_s=end - self.started,
+        self.store.record(timed_observation(
+            name, ShadowExperiment.CANDIDATE, candidate.ok, started=self.started,
+            first_token_at=candidate.first_token_at, finished_at=candidate.finished_at or time.perf_counter(),
             input_tokens=candidate.input_tokens, output_tokens=candidate.output_tokens, cost_usd=candidate.cost_usd,
             exact=exact, similarity=similarity,
         ))
 
-
-def _chain(first: bytes, rest: Any) -> list[Any]:
-    async def head() -> Any:
-        if first:
-            yield first
-
-    return [head(), rest]

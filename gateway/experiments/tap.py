@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.cache.record import StreamRecorder, stream_failed
 from gateway.cache.replay import replay_body
-from gateway.experiments.arm_totals import ArmObservation
+from gateway.experiments.arm_totals import ArmObservation, timed_observation
 from gateway.experiments.similarity import answer_text
 from gateway.routing.resume import StreamProgress
 
@@ -109,11 +109,7 @@ class ServeTap:
                     exact: bool | None = None, similarity: float | None = None) -> ArmObservation:
         """This request as one observation of `arm`; `now` ends it when the handler did not."""
         end = self.finished_at if self.finished_at is not None else (time.perf_counter() if now is None else now)
-        ok = self.ok is not False and self.status == 200
-        ttft = self.first_token_at - self.started if self.first_token_at is not None else None
-        tpot = None
-        if self.first_token_at is not None and self.output_tokens > 1:
-            tpot = (end - self.first_token_at) / (self.output_tokens - 1)
-        return ArmObservation(experiment, arm, ok, ttft_s=ttft, tpot_s=tpot, e2e_s=end - self.started,
-                              input_tokens=self.input_tokens, output_tokens=self.output_tokens,
-                              cost_usd=self.cost_usd, exact=exact, similarity=similarity)
+        return timed_observation(experiment, arm, self.ok is not False and self.status == 200, started=self.started,
+                                 first_token_at=self.first_token_at, finished_at=end, input_tokens=self.input_tokens,
+                                 output_tokens=self.output_tokens, cost_usd=self.cost_usd, exact=exact,
+                                 similarity=similarity)
