@@ -95,7 +95,24 @@ def _merge_into(target: Batch, source: Batch, alpha: float, max_buckets: int) ->
         target[key].merge(totals)
 
 
-class InProcessArmStats:
+class _RecordsIntoTotals:
+    """`record`, `count` and `record_feedback` for a store that keeps an `ArmTotals` per arm (`_arm`)."""
+
+    def _arm(self, experiment: str, arm: str) -> ArmTotals:
+        raise NotImplementedError
+
+    def record(self, obs: ArmObservation) -> None:
+        self._arm(obs.experiment, obs.arm).add(obs)
+
+    def count(self, experiment: str, arm: str, tally: Tally) -> None:
+        totals = self._arm(experiment, arm)
+        setattr(totals, tally, getattr(totals, tally) + 1)
+
+    def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
+        self._arm(experiment, arm).add_feedback(score, label)
+
+
+class InProcessArmStats(_RecordsIntoTotals):
     """Arm metrics of this process only (the embedded default, and the reference the Redis store must match)."""
 
     def __init__(self, alpha: float = DEFAULT_ALPHA, max_buckets: int = DEFAULT_MAX_BUCKETS) -> None:
@@ -107,16 +124,6 @@ class InProcessArmStats:
         if arm not in arms:
             arms[arm] = ArmTotals(self.alpha, self.max_buckets)
         return arms[arm]
-
-    def record(self, obs: ArmObservation) -> None:
-        self._arm(obs.experiment, obs.arm).add(obs)
-
-    def count(self, experiment: str, arm: str, tally: Tally) -> None:
-        totals = self._arm(experiment, arm)
-        setattr(totals, tally, getattr(totals, tally) + 1)
-
-    def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
-        self._arm(experiment, arm).add_feedback(score, label)
 
     async def totals(self, experiment: str) -> dict[str, ArmTotals]:
         return {arm: t.copy() for arm, t in self._arms.get(experiment, {}).items()}
@@ -135,7 +142,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisArmStats(FlushedRedisWriter):
+class RedisArmStats(FlushedRedisWriter, _RecordsIntoTotals):
     """Arm metrics shared by every replica through one Redis (layout in the module docstring).
 
     `totals` reads what has been flushed (this replica's last `flush_interval_s` is not in it until
@@ -170,16 +177,6 @@ class RedisArmStats(FlushedRedisWriter):
         if key not in self._current:
             self._current[key] = ArmTotals(self.alpha, self.max_buckets)
         return self._current[key]
-
-    def record(self, obs: ArmObservation) -> None:
-        self._arm(obs.experiment, obs.arm).add(obs)
-
-    def count(self, experiment: str, arm: str, tally: Tally) -> None:
-        totals = self._arm(experiment, arm)
-        setattr(totals, tally, getattr(totals, tally) + 1)
-
-    def record_feedback(self, experiment: str, arm: str, score: float | None, label: str | None) -> None:
-        self._arm(experiment, arm).add_feedback(score, label)
 
     async def flush(self) -> bool:
         """Write every pending batch in one script call; False (batches kept) when Redis did not take it."""
