@@ -135,7 +135,7 @@ def test_latency_policy_prefers_the_fastest_and_leaves_it_when_it_slows(tmp_path
             for _ in range(12):  # warm-up: every backend gets its samples
                 pick()
             steady = [pick() for _ in range(40)]
-            assert steady.count("fast") >= 0.9 * len(steady), "\n".join(reasons)
+            assert steady.count("fast") >= 0.85 * len(steady), "\n".join(reasons)  # leaves room for 2% exploring
             backends["fast"].knobs(tpot_ms=20)  # 5x slower: now behind both others
             after = [pick() for _ in range(20)]
             moved = next((i for i, name in enumerate(after) if name != "fast"), None)
@@ -307,7 +307,7 @@ def test_cost_policy_takes_the_cheapest_backend_meeting_the_slo_and_leaves_it_wh
             for _ in range(6):
                 pick()
             steady = [pick() for _ in range(20)]
-            assert steady.count("cheap") >= 18, "\n".join(reasons)
+            assert steady.count("cheap") >= 16, "\n".join(reasons)  # 2% exploring: 5+ of 20 has p < 1e-4
             assert "meets slo ttft<=300ms" in reasons[-1]
             backends["cheap"].knobs(ttft_ms=600)  # now it misses the SLO
             before = len(reasons)
@@ -319,7 +319,8 @@ def test_cost_policy_takes_the_cheapest_backend_meeting_the_slo_and_leaves_it_wh
             later = reasons[before + first_slow + 1:]
             assert all(r.startswith("premium: cost") or r.startswith("cheap: explore") for r in later), \
                 "\n".join(reasons)
-            assert sum(r.startswith("premium") for r in later) >= len(later) - 2, "\n".join(reasons)
+            # Exploring is random at 2%: 3 of 19 happened in CI (p ~ 0.7%); 5 or more has p < 1e-4.
+            assert sum(r.startswith("premium") for r in later) >= len(later) - 4, "\n".join(reasons)
 
 
 def test_prefix_affinity_keeps_each_shared_prefix_on_one_backend_without_overloading_any(tmp_path: Path) -> None:
