@@ -18,6 +18,7 @@ Usage (from the repo root)::
     python benchmarks/speculative.py
     python benchmarks/speculative.py --prompts 8 --max-tokens 200 --seed 3
     python benchmarks/speculative.py --no-policy
+    python benchmarks/speculative.py --real     # the real CPU pair through the gateway (scripts/setup --spec)
 """
 
 from __future__ import annotations
@@ -231,7 +232,15 @@ def main() -> int:
     parser.add_argument("--plain-burst", type=int, default=16,
                         help="tokens in the first plain burst, doubled while drafts stay empty (policy only)")
     parser.add_argument("--max-plain-burst", type=int, default=128, help="the longest plain burst (policy only)")
+    parser.add_argument("--real", action="store_true",
+                        help="instead: Qwen2.5-Coder-1.5B with the n-gram and the 0.5B drafter through the gateway "
+                             "(configs/speculative.yaml; needs scripts/setup --spec)")
+    parser.add_argument("--real-max-tokens", type=int, default=96, help="tokens per request in --real")
     args = parser.parse_args()
+    if args.real:
+        from speculative_real import run_real
+
+        return run_real(args)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "plugins.vllm.emulator", "--port", str(port), "--served-model-name", MODEL,

@@ -28,6 +28,7 @@ from gateway.experiments.settings import (
     experiment_problems,
     experiments_problems,
 )
+from gateway.speculative.settings import SpeculativeConfig, speculative_problems
 
 PolicyName = Literal[
     "first_healthy", "round_robin", "weighted", "least_loaded", "latency", "cost", "prefix_affinity"
@@ -144,6 +145,8 @@ class RouteConfig(_Strict):
     # A live A/B test between backends or routes, and a candidate mirrored off the response path.
     experiment: ExperimentConfig | None = None
     shadow: ShadowConfig | None = None
+    # A draft/target pair decoding greedy requests speculatively (exact: the target's own output).
+    speculative: SpeculativeConfig | None = None
 
 
 class StatsConfig(_Strict):
@@ -341,6 +344,11 @@ def parse_config(
             )
         route_models.setdefault(route.model, i)
     problems.extend(experiment_problems(routes, {str(name) for name in declared}))
+    plugins = {item["name"]: str(item.get("plugin")) for item in raw_backends
+               if isinstance(item, dict) and isinstance(item.get("name"), str)}
+    for i, route in enumerate(routes):
+        if route.speculative is not None:
+            problems.extend(speculative_problems(f"routes[{i}]", route.speculative, route.backends, plugins))
     if server is not None:
         if not 0 <= server.port <= 65535:
             problems.append("server.port: must be between 0 and 65535")

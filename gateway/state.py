@@ -22,6 +22,8 @@ from gateway.routing.load_monitor import LoadMonitor
 from gateway.routing.policies import make_policy
 from gateway.routing.shared import RoutingState, make_routing_state
 from gateway.routing.table import Route, RouteTable
+from gateway.speculative.metrics import SpeculativeMetrics
+from gateway.speculative.service import SpeculativeService
 from gateway.upstream import UpstreamClient, make_upstream_client
 
 log = logging.getLogger("gateway")
@@ -67,6 +69,11 @@ class GatewayState:
         )
         self.cache = ResponseCache(config.cache, config.redis.url if config.redis is not None else None)
         self.experiments = ExperimentService(config, self.routes, self.backends)
+        self.speculative_metrics = SpeculativeMetrics(self.metrics.registry)
+        self.speculative = SpeculativeService(
+            config, self.backends, target_waiting=lambda name: self.routing.stats.get(name).queued,
+            on_request=self.speculative_metrics.observe, interval_s=config.server.health_interval_s,
+        )
         self.metrics.before_render = self._export_live_gauges
         self.load_monitor = LoadMonitor(
             list(self.backends.values()), self.routing.stats, config.routing.stats.load_interval_s
@@ -96,6 +103,7 @@ class GatewayState:
         await self.experiments.start()
         log.info("experiments: %s", self.experiments.describe())
         await self.monitor.check_once()
+        await self.speculative.start()
         for name, healthy in self.health.snapshot().items():
             log.info("backend %s (%s) %s", name, self.backends[name].plugin, "healthy" if healthy else "UNHEALTHY")
         self.monitor.start()
@@ -108,5 +116,6 @@ class GatewayState:
         await self.routing.aclose()
         await self.cache.aclose()
         await self.experiments.aclose()
+        await self.speculative.aclose()
         await asyncio.gather(*(b.aclose() for b in self.backends.values()), return_exceptions=True)
         await self.upstream.aclose()

@@ -19,6 +19,7 @@ from gateway.api.cached_request import CachedRequest
 from gateway.api.decode import decode_request
 from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
+from gateway.api.speculative_serve import SpeculationFallback, SpeculativeResponse
 from gateway.api.stream_relay import StreamRelay
 from gateway.api.tenant import TenantNamer, cache_tenant
 from gateway.api.usage import Usage, read_usage
@@ -32,6 +33,8 @@ from gateway.routing.cost import has_price, request_cost_usd
 from gateway.routing.interfaces import Policy, RequestFeatures
 from gateway.routing.table import Route
 from gateway.schemas import RequestKind
+from gateway.speculative.eligibility import plain_reason
+from gateway.speculative.pair import SpeculativePair
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -99,6 +102,8 @@ class _Context(NamedTuple):
     stream: bool
     watch: DisconnectWatch
     tap: ServeTap | None  # only on routes with an experiment or a shadow
+    pair: SpeculativePair | None  # only on routes with a speculative pair (not inside an experiment's arm)
+    include_usage: bool
 
 
 _BYPASS = [(b"x-gateway-cache", b"bypass")]
@@ -158,15 +163,19 @@ class OpenAIHandler:
                 tap = ServeTap(started, stream=stream, headers=[choice.header] if choice is not None else [],
                                capture=mirror is not None)
                 send = tap.wrap(send)
-            context = _Context(route, features, policy, request.model, request_id, started, stream, watch, tap)
+            options = getattr(request, "stream_options", None)
+            include_usage = bool(options is not None and options.include_usage)
+            # An arm's route carries its parent's config: only the route itself speculates.
+            pair = state.speculative.get(route_name) if choice is None else None
+            context = _Context(route, features, policy, request.model, request_id, started, stream, watch, tap,
+                               pair, include_usage)
             if plan is None:
                 state.cache.count(route_name, "bypass")
                 backend_name = await self._serve_backend(context, send, _BYPASS)
             else:
-                options = getattr(request, "stream_options", None)
                 cached = CachedRequest(
                     state.cache, plan, route.config.cache, route_name=route_name, kind=self.kind, stream=stream,
-                    include_usage=bool(options is not None and options.include_usage), client_model=request.model,
+                    include_usage=include_usage, client_model=request.model,
                     request_id=request_id, watch=watch, estimated_prompt_tokens=features.input_tokens,
                 )
                 backend_name = await cached.serve(
@@ -203,6 +212,10 @@ class OpenAIHandler:
         state, route, features, policy, tap = self.state, ctx.route, ctx.features, ctx.policy, ctx.tap
         if tap is not None:
             tap.dispatched = True
+        if ctx.pair is not None:
+            served = await self._serve_speculative(ctx, ctx.pair, send, extra)
+            if served is not None:
+                return served
         if ctx.stream:
             result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
             state.metrics.observe_decision(route.model, result.backend.name, policy.name)
@@ -244,3 +257,41 @@ class OpenAIHandler:
         ]
         await send_bytes(send, 200, ModelRenamer(ctx.client_model)(served.body), headers)
         return backend.name
+
+    async def _serve_speculative(self, ctx: _Context, pair: SpeculativePair, send: Send,
+                                 extra: list[tuple[bytes, bytes]]) -> str | None:
+        """Serve by speculative decoding on the route's pair; None when the request must go plainly
+        (not greedy, the pair's probe failed, the target is loaded, or it failed before the first byte)."""
+        reason = plain_reason(self.kind, ctx.features.body) or pair.plain_reason()
+        if reason is not None:
+            pair.plain(reason)
+            return None
+        spec = pair.begin(ctx.features.tenant)
+        response = SpeculativeResponse(pair, spec, ctx.features.body, client_model=ctx.client_model,
+                                       request_id=ctx.request_id, include_usage=ctx.include_usage)
+        target = pair.config.target
+        headers = [(b"x-gateway-backend", target.encode()), (b"x-gateway-route-reason", b"speculative"),
+                   (b"x-request-id", ctx.request_id), *extra]
+        ok = False
+        try:
+            if ctx.stream:
+                await response.stream(send, headers)
+            else:
+                await response.whole(send, headers)
+            ok = True
+        except SpeculationFallback as fallback:
+            log.warning("speculative pair %s: request %s decoded plainly (%s: %s)", pair.name,
+                        ctx.request_id.decode(), fallback.reason, fallback)
+            pair.plain(fallback.reason)
+            return None
+        finally:
+            if ok or response.output:
+                pair.finish(spec, response.output, ok)
+        ctx.watch.finish()
+        tap = ctx.tap
+        if tap is not None:
+            tap.finished_at = time.perf_counter()
+            tap.first_token_at = tap.first_token_at or response.first_token_at
+            tap.ok = True
+            tap.input_tokens, tap.output_tokens = response.prompt_tokens, len(response.output)
+        return target

@@ -57,6 +57,13 @@ def admin_backends(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(backends_report(_state(request))), media_type="application/json")
 
 
+@get("/admin/speculative", sync_to_thread=False)
+def admin_speculative(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Each speculative pair: probe verdict, acceptance, tokens per target call, chosen k, fallbacks (JSON)."""
+    return Response(msgspec.json.encode({"pairs": _state(request).speculative.describe()}),
+                    media_type="application/json")
+
+
 @get("/admin/cache", sync_to_thread=False)
 def admin_cache(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The response cache: its store, hits/misses/coalesced/bypass per route, bytes, errors (JSON)."""
@@ -84,4 +91,4 @@ async def admin_cache_delete(request: Request[Any, Any, Any]) -> Response[bytes]
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
-ROUTES = [health, ready, metrics, list_models, admin_backends, admin_cache, admin_cache_delete]
+ROUTES = [health, ready, metrics, list_models, admin_backends, admin_speculative, admin_cache, admin_cache_delete]

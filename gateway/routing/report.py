@@ -16,6 +16,7 @@ def backends_report(state: GatewayState) -> dict[str, Any]:
     """JSON-ready: the routing state's kind and, per backend, health, breaker, stats, load and cost."""
     stats_store, breakers = state.routing.stats, state.routing.breakers
     backends: list[dict[str, Any]] = []
+    pairs = state.speculative.by_backend()
     for name, backend in state.backends.items():
         stats = stats_store.get(name)
         config = backend.config
@@ -34,6 +35,8 @@ def backends_report(state: GatewayState) -> dict[str, Any]:
                 # What a million output tokens cost now (a GPU-hour price over measured throughput).
                 "effective_output_per_mtok": request_cost_usd(config, stats, 0, 1_000_000),
             },
+            # Speculative pairs this backend is part of, with the probe's verdict (why a pair runs plain).
+            "speculative": pairs.get(name, []),
         })
     return {
         "routing_state": state.routing.describe(),

@@ -9,7 +9,7 @@ token: nothing is restarted, repeated or skipped.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import aclosing
 from typing import Literal, NamedTuple
 
@@ -57,7 +57,7 @@ class SpeculativeDecoder:
         *,
         choose_k: Callable[[], int] | None = None,
         policy: SpeculationPolicy | None = None,
-        eos_ids: frozenset[int] = frozenset(),
+        eos_ids: Collection[int] = frozenset(),
         on_round: RoundObserver = _ignore_round,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -68,6 +68,7 @@ class SpeculativeDecoder:
         self.choose_k = choose_k
         # The bare `choose_k` is a policy that never bursts: one plain step per empty draft.
         self.policy = policy if policy is not None else SpeculationPolicy(choose_k, max_empty_drafts=None)
+        # Read at every commit, not copied: a target's own set grows as it learns its end tokens.
         self.eos_ids = eos_ids
         self.on_round = on_round
         self.clock = clock

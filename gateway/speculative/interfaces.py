@@ -52,9 +52,15 @@ class Verification(NamedTuple):
 
 
 class Target(Protocol):
-    """The expensive model, seen as a greedy next-token oracle over token-id prefixes."""
+    """The expensive model, seen as a greedy next-token oracle over token-id prefixes.
+
+    `eos_ids` holds the ids that end a generation on this target (EOS, and any other end-of-turn
+    token). A target adds to it as it learns them (a server reporting that it stopped on EOS names
+    the token it stopped on), so the decoder reads it live, after every call.
+    """
 
     name: str
+    eos_ids: set[int]
 
     async def verify(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
         """One call checking every prefix of `draft` (raises `TargetFailed`)."""
@@ -62,6 +68,21 @@ class Target(Protocol):
 
     def generate(self, committed: Sequence[int], max_tokens: int) -> AsyncIterator[int]:
         """Plain greedy decoding from `committed`, token by token (raises `TargetFailed`)."""
+        ...
+
+
+class TokenCodec(Protocol):
+    """The target's tokenizer, reached over its server's API (llama.cpp `/tokenize`, vLLM `/tokenize`).
+
+    Every method raises `TokenizerError` (gateway.speculative.probe) when the server cannot answer.
+    """
+
+    async def tokenize(self, text: str) -> list[int]:
+        """`text` as target ids: special-token text (`<|im_end|>`) parsed as the special token, no BOS added."""
+        ...
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of `ids` as the server renders generated text (special tokens as their text)."""
         ...
 
 

@@ -37,7 +37,8 @@ class SpeculationPolicy:
     """Chooses each round's move for one request (see the module doc).
 
     `choose_k`: a callable returning k (0 = one plain step), or an `AdaptiveK`, whose 0 is honoured
-    as a plain stretch of `plain_tokens_until_probe` tokens in one call while it is in plain mode.
+    as a plain stretch of `plain_tokens_until_probe` tokens in one call while it is in plain mode
+    (`adaptive`: that AdaptiveK, when `choose_k` is a callable wrapping its `choose`).
     `max_empty_drafts`: empty drafts in a row before a burst (None: never burst, one plain step per
     empty draft, the bare behaviour). `plain_burst`: the first burst's length, doubled per burst
     while the draft after it is empty again, up to `max_plain_burst`.
@@ -50,6 +51,7 @@ class SpeculationPolicy:
         self,
         choose_k: Callable[[], int] | AdaptiveK,
         *,
+        adaptive: AdaptiveK | None = None,
         max_empty_drafts: int | None = DEFAULT_MAX_EMPTY_DRAFTS,
         plain_burst: int = DEFAULT_PLAIN_BURST,
         max_plain_burst: int = DEFAULT_MAX_PLAIN_BURST,
@@ -58,7 +60,9 @@ class SpeculationPolicy:
             raise ValueError(f"max_empty_drafts must be >= 1 or None, got {max_empty_drafts}")
         if not 1 <= plain_burst <= max_plain_burst:
             raise ValueError(f"need 1 <= plain_burst <= max_plain_burst, got {plain_burst}, {max_plain_burst}")
-        self.adaptive = choose_k if isinstance(choose_k, AdaptiveK) else None
+        # `adaptive` with a plain callable: the callable decides k (e.g. counting AdaptiveK.choose's
+        # answers), the AdaptiveK's plain mode still sets the plain stretch's length.
+        self.adaptive = choose_k if isinstance(choose_k, AdaptiveK) else adaptive
         self._choose_k: Callable[[], int] = choose_k.choose if isinstance(choose_k, AdaptiveK) else choose_k
         self.max_empty_drafts = max_empty_drafts
         self.plain_burst = plain_burst

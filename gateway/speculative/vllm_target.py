@@ -80,6 +80,9 @@ class VllmTokenTarget:
         self.logprobs = logprobs
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._own_session = session is None
+        # With no stop strings sent, finish_reason "stop" can only mean the last token ended the
+        # sequence (EOS or another end-of-turn id): learned from the answers, see `_learn_end`.
+        self.eos_ids: set[int] = set()
         # Verify calls are latency-critical and sequential per request: one session keeps connections alive.
         self._session = session
 
@@ -127,6 +130,7 @@ class VllmTokenTarget:
             if not isinstance(index, int):
                 raise TargetFailed("a verify choice has no index")
             by_index[index] = _choice_tokens(choice)
+            self._learn_end(choice, by_index[index])
         picks: list[int] = []
         for j in range(len(prompts)):
             tokens = by_index.get(j)
@@ -160,12 +164,18 @@ class VllmTokenTarget:
                     if "error" in chunk:
                         raise TargetFailed(f"target stream failed: {chunk['error']}")
                     for choice in chunk.get("choices") or ():
-                        for token in _choice_tokens(choice):
+                        tokens = _choice_tokens(choice)
+                        self._learn_end(choice, tokens)
+                        for token in tokens:
                             yield token
         except (TimeoutError, aiohttp.ClientError) as err:
             raise TargetFailed(f"generate call failed: {type(err).__name__}: {err}") from err
         # A stream that ends without [DONE] was cut: what came is real, but the end is not.
         raise TargetFailed("generate stream ended without [DONE]")
+
+    def _learn_end(self, choice: dict[str, Any], tokens: list[int]) -> None:
+        if tokens and choice.get("finish_reason") == "stop" and not isinstance(choice.get("stop_reason"), str):
+            self.eos_ids.add(tokens[-1])
 
     async def aclose(self) -> None:
         """Close the HTTP session if this target created it."""

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from plugins.emulation import EmulatorRuntime, Knobs
 from plugins.tensorrt_llm.emulator.__main__ import build_app
+from plugins.vllm.emulator.token_model import TokenKnobs
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,12 @@ class RunningEmulator:
 
 @asynccontextmanager
 async def running_emulator(mode: str, knobs: Knobs | None = None, *, model_name: str | None = None,
-                           exclude_input_in_output: bool = False) -> AsyncIterator[RunningEmulator]:
+                           exclude_input_in_output: bool = False,
+                           token_knobs: TokenKnobs | None = None) -> AsyncIterator[RunningEmulator]:
     """An emulator of `mode` on a free 127.0.0.1 port until the block ends."""
     runtime = EmulatorRuntime(knobs)
-    app = build_app(mode, runtime, model_name=model_name, exclude_input_in_output=exclude_input_in_output)
+    app = build_app(mode, runtime, model_name=model_name, exclude_input_in_output=exclude_input_in_output,
+                    token_knobs=token_knobs)
     # A short shutdown: requests left hanging by the `hang` fault must not hold the test up.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
     await runner.setup()

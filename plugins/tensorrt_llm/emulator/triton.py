@@ -17,6 +17,8 @@ from plugins.emulation import EmulatorRuntime, Fault, QueueFull
 from plugins.emulation.model import count_tokens
 from plugins.tensorrt_llm.emulator.common import cut, fault_before_answer, generate
 from plugins.tensorrt_llm.emulator.triton_metrics import TritonCounters, metrics_page
+from plugins.tensorrt_llm.emulator.triton_tokens import MODEL_NAME as TOKEN_MODEL
+from plugins.tensorrt_llm.emulator.triton_tokens import TritonTokenModel
 from plugins.tensorrt_llm.emulator.triton_wire import (
     TritonError,
     error_body,
@@ -26,6 +28,7 @@ from plugins.tensorrt_llm.emulator.triton_wire import (
     sse_event,
     strings,
 )
+from plugins.vllm.emulator.token_model import TokenKnobs
 
 _SSE = "text/event-stream; charset=utf-8"  # [http] StartResponse, streaming
 _JSON = "application/json"
@@ -65,13 +68,19 @@ async def _start(request: web.Request, status: int, content_type: str) -> web.St
 
 
 class TritonEmulator:
-    """The generate extension with the fake model, the shared knobs and Triton's counters."""
+    """The generate extension with the fake model, the shared knobs and Triton's counters.
 
-    def __init__(self, runtime: EmulatorRuntime, model_name: str, exclude_input_in_output: bool) -> None:
+    Besides the ensemble (`model_name`), the model repository's `tensorrt_llm` model answers token ids
+    (triton_tokens.py), as in the inflight_batcher_llm repository that serves both.
+    """
+
+    def __init__(self, runtime: EmulatorRuntime, model_name: str, exclude_input_in_output: bool,
+                 token_knobs: TokenKnobs | None = None) -> None:
         self.runtime = runtime
         self.model_name = model_name
         self.exclude_default = exclude_input_in_output
         self.counters = TritonCounters()
+        self.tokens = TritonTokenModel(runtime, token_knobs or TokenKnobs(), exclude_input_in_output)
 
     def routes(self) -> list[web.RouteDef]:
         base = "/v2/models/{model}"
@@ -88,7 +97,7 @@ class TritonEmulator:
         return web.Response(status=200)
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        if request.match_info["model"] == self.model_name:
+        if request.match_info["model"] in (self.model_name, TOKEN_MODEL):
             return web.Response(status=200)
         return error_response(400, "Model version not ready")  # [http] HandleModelReady
 
@@ -104,6 +113,8 @@ class TritonEmulator:
 
     async def _serve(self, request: web.Request, *, endpoint_streams: bool) -> web.StreamResponse:
         model = request.match_info["model"]
+        if model == TOKEN_MODEL and model != self.model_name:
+            return await self.tokens.serve(request, endpoint_streams=endpoint_streams)
         if model != self.model_name:
             # [core] model_repository_manager: NOT_FOUND "Request for unknown model: '<m>' is not found".
             return error_response(404, f"Request for unknown model: '{model}' is not found")

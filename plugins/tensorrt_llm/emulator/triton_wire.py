@@ -82,8 +82,11 @@ def _check_value(name: str, kind: str, value: Any) -> None:
             raise TritonError(400, _TYPE_ERRORS[scalar])  # INVALID_ARG -> 400
 
 
-def parse_request(body: bytes, model: str) -> dict[str, Any]:
-    """The ensemble inputs of a generate request, checked as Triton checks them."""
+def parse_request(body: bytes, model: str, known: dict[str, str] | None = None,
+                  required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
+    """The inputs of a generate request, checked as Triton checks them: the ensemble's by default,
+    or another model's (`known`: input name -> JSON kind, `required`: its non-optional inputs)."""
+    known = ENSEMBLE_INPUTS if known is None else known
     try:
         request = msgspec.json.decode(body) if body else {}
     except msgspec.DecodeError as err:
@@ -99,27 +102,27 @@ def parse_request(body: bytes, model: str) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise TritonError(400, "Expected JSON object for keyword: 'parameters'")
             for name, item in value.items():
-                if name in ENSEMBLE_INPUTS:
+                if name in known:
                     inputs[name] = item
                 elif isinstance(item, (dict, list)):
                     raise TritonError(
                         400, f"Converting keyword: 'parameters': parameter '{name}' has invalid type.")
-        elif key in ENSEMBLE_INPUTS:
+        elif key in known:
             inputs[key] = value
         elif key != "id" and isinstance(value, (dict, list)):
             # [gen] other keys become request parameters, which must be scalars.
             raise TritonError(400, f"parameter '{key}' has invalid type.")
     for name, value in inputs.items():
-        _check_value(name, ENSEMBLE_INPUTS[name], value)
-    missing = [name for name in REQUIRED if name not in inputs]
+        _check_value(name, known[name], value)
+    missing = [name for name in required if name not in inputs]
     if missing:
         # [core] infer_request.cc ValidateRequestInputs (as quoted in server qa/L0_input_validation).
         got = ",".join(f"'{n}'" for n in inputs)
         need = ",".join(f"'{n}'" for n in missing)
         raise TritonError(
             400,
-            f"[request id: <id_unknown>] expected number of inputs between {len(REQUIRED)} and "
-            f"{len(ENSEMBLE_INPUTS)} but got {len(inputs)} inputs for model '{model}'. Got input(s) [{got}], "
+            f"[request id: <id_unknown>] expected number of inputs between {len(required)} and "
+            f"{len(known)} but got {len(inputs)} inputs for model '{model}'. Got input(s) [{got}], "
             f"but missing required input(s) [{need}]. Please provide all required input(s).",
         )
     if isinstance(request.get("id"), str) and request["id"]:

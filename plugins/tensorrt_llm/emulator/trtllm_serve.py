@@ -16,6 +16,7 @@ from plugins.emulation.model import count_tokens
 from plugins.emulation.openai_wire import stops
 from plugins.tensorrt_llm.chat_templates import BUILTIN_TEMPLATES, render_chat
 from plugins.tensorrt_llm.emulator.common import cut, fault_before_answer, generate
+from plugins.tensorrt_llm.emulator.serve_tokens import ServeTokenCompletions, token_prompts
 from plugins.tensorrt_llm.emulator.serve_wire import (
     ChunkFormat,
     RequestInvalid,
@@ -26,6 +27,7 @@ from plugins.tensorrt_llm.emulator.serve_wire import (
     parse_request,
     validation_error,
 )
+from plugins.vllm.emulator.token_model import TokenKnobs
 
 _SSE = "text/event-stream; charset=utf-8"  # Starlette StreamingResponse(media_type="text/event-stream")
 _MAX_ITERATIONS = 1000  # executor kDefaultIterStatsMaxIterations: the stats queue keeps the last 1000
@@ -42,10 +44,13 @@ def _finish(gen: Generation) -> tuple[str, str | None]:
 class TrtllmServeEmulator:
     """The OpenAI routes over the fake model, with the executor's iteration stats behind /metrics."""
 
-    def __init__(self, runtime: EmulatorRuntime, model_name: str, max_seq_len: int) -> None:
+    def __init__(self, runtime: EmulatorRuntime, model_name: str, max_seq_len: int,
+                 token_knobs: TokenKnobs | None = None) -> None:
         self.runtime = runtime
         self.model_name = model_name
         self.max_seq_len = max_seq_len
+        # Token-id prompts ([proto] List[int] / List[List[int]]) go to the token model (serve_tokens.py).
+        self.tokens = ServeTokenCompletions(runtime, model_name, max_seq_len, token_knobs or TokenKnobs())
         self.iterations: deque[dict[str, Any]] = deque(maxlen=_MAX_ITERATIONS)
         self._iter = 0
         self._completed = 0
@@ -111,6 +116,9 @@ class TrtllmServeEmulator:
             prompt = render_chat(BUILTIN_TEMPLATES["chatml"], body["messages"])  # the model's own template there
         else:
             raw = body["prompt"]
+            batch = token_prompts(raw)
+            if batch is not None:
+                return await self.tokens.serve(request, body, batch)
             prompt = raw if isinstance(raw, str) else " ".join(str(p) for p in raw)
         prompt_tokens = count_tokens(prompt)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")

@@ -1,0 +1,96 @@
+"""A vLLM (or trtllm-serve) server running a small model as a speculative-decoding `Drafter`, over its
+OpenAI completions route with token-id prompts (../shared/reference/speculative-decoding.md §5.1).
+
+The draft model must share the target's tokenizer (same vocabulary, same ids): the committed target
+ids go in as the prompt and the draft comes back as ids through `return_tokens_as_token_ids`, so no
+text is ever re-tokenized and a draft is exactly what the small model would emit greedily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from gateway.speculative.interfaces import DraftFailed, TargetFailed
+from gateway.speculative.vllm_target import _choice_tokens, _error_detail
+
+
+class VllmDrafter:
+    """`Drafter` over a vLLM-compatible /v1/completions with token-id prompts: k greedy tokens per call.
+
+    `base_url` is the server's root (…/v1 is appended); `session` may be shared between requests (it
+    is then not closed by `aclose`), else one is made on first use. Every failure (transport, timeout,
+    HTTP status, a body that does not parse or carries no token ids) raises `DraftFailed` with the
+    reason, which makes the decoder fall back to plain target decoding.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/v1/completions"
+        self.model = model
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._own_session = session is None
+        self._session = session
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made lazily: a ClientSession must be created inside the running event loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def draft(self, committed: Sequence[int], k: int) -> list[int]:
+        """The draft model's greedy continuation of `committed`: at most `k` ids (fewer after its EOS)."""
+        if k <= 0:
+            return []
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": list(committed),
+            "max_tokens": k,
+            "temperature": 0,
+            "logprobs": 1,
+            "return_tokens_as_token_ids": True,
+            "stream": False,
+        }
+        try:
+            # A shared session may carry another timeout: pass ours per call so a stuck drafter
+            # costs at most timeout_s before the request goes on without it.
+            async with self._client().post(self.url, json=body, timeout=self.timeout) as response:
+                content = await response.read()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise DraftFailed(f"draft call failed: {type(err).__name__}: {err}") from err
+        if status != 200:
+            raise DraftFailed(f"draft call answered {status}: {_error_detail(content)}")
+        try:
+            decoded = msgspec.json.decode(content)
+        except msgspec.DecodeError as err:
+            raise DraftFailed(f"draft answer is not JSON: {err}") from err
+        choices = decoded.get("choices") if isinstance(decoded, dict) else None
+        if not isinstance(choices, list) or not choices:
+            raise DraftFailed("draft answer has no choices")
+        try:
+            tokens = _choice_tokens(choices[0])
+        except TargetFailed as err:  # the helper is the target's; a drafter only ever raises DraftFailed
+            raise DraftFailed(f"draft answer: {err}") from err
+        if not tokens and choices[0].get("text"):
+            # Text but no logprobs: the server ignored logprobs/return_tokens_as_token_ids, and the
+            # text cannot be turned back into ids without re-tokenizing it.
+            raise DraftFailed("draft answer carries text but no token ids (logprobs unsupported?)")
+        return tokens[:k]
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this drafter created it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None

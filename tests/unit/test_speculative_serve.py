@@ -1,0 +1,177 @@
+"""The speculative route through the real ASGI app: a vllm backend on the vLLM emulator's token-id
+model as the target, the n-gram drafter. The client's text must be the target-alone greedy output
+(rendered, decoded and detokenized by the same server), streamed and whole, with stop strings, usage,
+the header and the final chunk's counters; requests that cannot speculate go plainly to the route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from gateway_process import EmulatorProcess, running
+from litestar.testing import AsyncTestClient
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.plugins import load_backend_registry
+from gateway.speculative.vllm_target import VllmTokenTarget
+from gateway.state import GatewayState
+
+from .conftest import GatewayUnderTest
+
+
+class Answer:
+    """What the test client got: status, headers, the body bytes."""
+
+    def __init__(self, status_code: int, headers: dict[str, str], content: bytes) -> None:
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+
+async def post(gw: GatewayUnderTest, body: dict[str, Any]) -> Answer:
+    # Through the test client, so the request runs on the app's event loop, where the pair's
+    # HTTP session lives.
+    response = await gw.client.post("/v1/chat/completions", json=body)
+    return Answer(response.status_code, dict(response.headers), response.content)
+
+
+MODEL = "emulated-gpu"
+DOCUMENT = " ".join(f"word{i % 37}x{i}" for i in range(120))
+# The emulator's model starts copying after a 1-gram match of the prompt's last token: the chat
+# template ends on "<|im_start|>assistant", which the text also holds right before the document.
+GROUNDED = [{"role": "user", "content": f"Copy this text:\n<|im_start|>assistant\n{DOCUMENT}\nNow copy it."}]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Its own process: the app under test runs its lifespan on another event loop than the test's."""
+    log: Path = tmp_path_factory.mktemp("spec-vllm") / "vllm.log"
+    process = EmulatorProcess("plugins.vllm.emulator", log, ["--served-model-name", MODEL, "--edit-rate", "0.1"])
+    with running(process):
+        process.wait_ready()
+        yield process.url
+
+
+def config(url: str, **speculative: Any) -> dict[str, Any]:
+    return {
+        "backends": [{"name": "big", "plugin": "vllm", "model": MODEL, "url": url}],
+        "routes": [{"model": "coder", "backends": ["big"],
+                    "speculative": {"target": "big", "draft": "ngram", **speculative}}],
+    }
+
+
+@pytest.fixture
+async def gw(emulator: str) -> AsyncIterator[GatewayUnderTest]:
+    registry = load_backend_registry()
+    state = GatewayState(parse_config(config(emulator), env={}, validators=registry.validators()), registry)
+    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
+        yield GatewayUnderTest(client, state)
+
+
+async def target_alone(url: str, messages: list[dict[str, Any]], max_tokens: int) -> tuple[list[int], str]:
+    """What the target alone decodes greedily from the same rendered prompt, and its text."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        prompt = (await client.post("/tokenize", json={"model": MODEL, "messages": messages,
+                                                       "add_generation_prompt": True})).json()["tokens"]
+        target = VllmTokenTarget(url, MODEL)
+        try:
+            ids = [t async for t in target.generate(prompt, max_tokens)]
+        finally:
+            await target.aclose()
+        text = (await client.post("/detokenize", json={"model": MODEL, "tokens": [t for t in ids if t != 2]}))
+        return ids, text.json()["prompt"]
+
+
+def sse_events(content: bytes) -> list[Any]:
+    events = []
+    for line in content.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            events.append(msgspec.json.decode(line[6:]))
+    return events
+
+
+async def test_whole_answer_is_the_target_alone_output_with_fewer_target_calls(gw: GatewayUnderTest,
+                                                                               emulator: str) -> None:
+    answer = await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 80})
+    assert answer.status_code == 200, answer.content
+    body = msgspec.json.decode(answer.content)
+    ids, text = await target_alone(emulator, GROUNDED, 80)
+    assert body["choices"][0]["message"]["content"] == text
+    assert body["usage"]["completion_tokens"] == len(ids)
+    spec = body["x_speculative"]
+    assert spec["accepted"] > 0 and spec["target_calls"] < len(ids), spec
+    header = answer.headers["x-gateway-speculative"]
+    assert f"accepted={spec['accepted']}" in header and "pair=ngram->big" in header
+    assert answer.headers["x-gateway-backend"] == "big"
+    pairs = (await gw.client.get("/admin/speculative")).json()["pairs"]
+    assert pairs[0]["state"] == "ready" and pairs[0]["requests"] == 1 and pairs[0]["accepted"] == spec["accepted"]
+
+
+async def test_stream_sends_only_verified_text_and_reports_counts_in_the_final_chunk(gw: GatewayUnderTest,
+                                                                                     emulator: str) -> None:
+    answer = await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 60,
+                             "stream": True, "stream_options": {"include_usage": True}})
+    assert answer.status_code == 200
+    assert answer.headers["x-gateway-speculative"] == "pair=ngram->big"
+    events = sse_events(answer.content)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    ids, expected = await target_alone(emulator, GROUNDED, 60)
+    assert text == expected
+    final = next(e for e in events if e["choices"] and e["choices"][0]["finish_reason"])
+    assert final["choices"][0]["finish_reason"] == "length"
+    assert final["x_speculative"]["rounds"] > 0
+    assert events[-1]["usage"]["completion_tokens"] == len(ids) == 60
+    # Fewer content chunks than tokens: each verified round is sent as one chunk.
+    assert len([e for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]) < 60
+
+
+async def test_a_stop_string_cuts_the_text_and_the_usage(gw: GatewayUnderTest, emulator: str) -> None:
+    _, full = await target_alone(emulator, GROUNDED, 40)
+    words = full.split()
+    stop = words[12]
+    answer = await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 40,
+                             "stop": [stop]})
+    body = msgspec.json.decode(answer.content)
+    content = body["choices"][0]["message"]["content"]
+    assert content == full[: full.index(stop)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == words.index(stop) + 1
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ({}, "sampling"), ({"temperature": 0.7}, "sampling"), ({"temperature": 0, "n": 2}, "n"),
+    ({"temperature": 0, "presence_penalty": 0.5}, "penalties"),
+    ({"temperature": 0, "response_format": {"type": "json_object"}}, "grammar"),
+])
+async def test_requests_that_cannot_speculate_are_served_plainly_and_counted(
+    gw: GatewayUnderTest, extra: dict[str, Any], reason: str
+) -> None:
+    answer = await post(gw, {"model": "coder", "messages": GROUNDED, "max_tokens": 5, **extra})
+    assert answer.status_code == 200, answer.content
+    assert "x-gateway-speculative" not in answer.headers
+    assert "x_speculative" not in msgspec.json.decode(answer.content)
+    pair = (await gw.client.get("/admin/speculative")).json()["pairs"][0]
+    assert pair["fallbacks"] == {reason: 1} and pair["plain_requests"] == 1
+    metrics = (await gw.client.get("/metrics")).text
+    assert f'gateway_speculative_fallbacks_total{{pair="ngram->big",reason="{reason}",route="coder"}} 1.0' in metrics
+
+
+async def test_a_pair_whose_target_takes_no_token_ids_runs_plain_and_says_why(emulator: str) -> None:
+    registry = load_backend_registry()
+    raw = config(emulator)
+    raw["backends"].append({"name": "small", "plugin": "vllm", "model": "other", "url": "http://127.0.0.1:9"})
+    raw["routes"][0]["speculative"]["draft"] = "small"
+    state = GatewayState(parse_config(raw, env={}, validators=registry.validators()), registry)
+    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
+        gw = GatewayUnderTest(client, state)
+        pair = (await client.get("/admin/speculative")).json()["pairs"][0]
+        assert pair["state"] == "plain" and "draft/target tokenizers" in pair["reason"], pair
+        backends = {b["name"]: b for b in (await client.get("/admin/backends")).json()["backends"]}
+        assert backends["big"]["speculative"][0]["state"] == "plain"
+        answer = await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 5})
+        assert answer.status_code == 200 and "x-gateway-speculative" not in answer.headers
