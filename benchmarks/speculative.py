@@ -18,6 +18,7 @@ Usage (from the repo root)::
     python benchmarks/speculative.py
     python benchmarks/speculative.py --prompts 8 --max-tokens 200 --seed 3
     python benchmarks/speculative.py --no-policy
+    python benchmarks/speculative.py --gateway  # the emulated target end to end through a gateway process
     python benchmarks/speculative.py --real     # the real CPU pair through the gateway (scripts/setup --spec)
 """
 
@@ -236,7 +237,14 @@ def main() -> int:
                         help="instead: Qwen2.5-Coder-1.5B with the n-gram and the 0.5B drafter through the gateway "
                              "(configs/speculative.yaml; needs scripts/setup --spec)")
     parser.add_argument("--real-max-tokens", type=int, default=96, help="tokens per request in --real")
+    parser.add_argument("--gateway", action="store_true",
+                        help="instead: the emulated target through a gateway process (chat API, SSE)")
+    parser.add_argument("--edit-rate", type=float, default=0.1, help="the emulated model's edit rate in --gateway")
     args = parser.parse_args()
+    if args.gateway:
+        from speculative_gateway import run_gateway
+
+        return run_gateway(args)
     if args.real:
         from speculative_real import run_real
 

@@ -29,6 +29,7 @@ from gateway.speculative.coordinator import CommitEvent
 from gateway.speculative.eligibility import max_new_tokens, stop_strings
 from gateway.speculative.interfaces import TargetFailed
 from gateway.speculative.pair import RequestSpeculation, SpeculativePair
+from gateway.speculative.prefetch import prefetch
 from gateway.speculative.probe import TokenizerError
 from gateway.speculative.text_stream import IncrementalText
 
@@ -106,7 +107,7 @@ class SpeculativeResponse:
         self.prompt_tokens = len(prompt)
         limit = max_new_tokens(self.body, DEFAULT_MAX_TOKENS)
         text = IncrementalText(self.pair.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
-        async with aclosing(self.spec.decoder.run(prompt, limit)) as events:
+        async with aclosing(prefetch(self.spec.decoder.run(prompt, limit))) as events:
             first = await self._first_event(events)
             await send({"type": "http.response.start", "status": 200, "headers": [
                 *SSE_HEADERS, *headers, (b"x-gateway-speculative", f"pair={self.pair.name}".encode())]})
@@ -157,7 +158,7 @@ class SpeculativeResponse:
         text = IncrementalText(self.pair.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
         parts: list[str] = []
         stopped = False
-        async with aclosing(self.spec.decoder.run(prompt, limit)) as events:
+        async with aclosing(prefetch(self.spec.decoder.run(prompt, limit))) as events:
             event = await self._first_event(events)
             try:
                 while event is not None:

@@ -31,8 +31,8 @@ def _root(backend: Backend) -> str:
 
 
 def _triton(backend: Backend) -> bool:
-    return backend.plugin == "tensorrt_llm" and getattr(backend, "options", None) is not None and \
-        getattr(backend.options, "mode", "trtllm_serve") == "triton"
+    options = getattr(backend, "options", None)
+    return backend.plugin == "tensorrt_llm" and getattr(options, "mode", "trtllm_serve") == "triton"
 
 
 def build_target(backend: Backend, session: aiohttp.ClientSession, eos_ids: Sequence[int] = ()) -> Target:

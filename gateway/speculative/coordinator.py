@@ -9,7 +9,7 @@ token: nothing is restarted, repeated or skipped.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from contextlib import aclosing
 from typing import Literal, NamedTuple
 
@@ -67,7 +67,10 @@ class SpeculativeDecoder:
             raise TypeError("SpeculativeDecoder needs exactly one of choose_k and policy")
         self.choose_k = choose_k
         # The bare `choose_k` is a policy that never bursts: one plain step per empty draft.
-        self.policy = policy if policy is not None else SpeculationPolicy(choose_k, max_empty_drafts=None)
+        if policy is None:
+            assert choose_k is not None
+            policy = SpeculationPolicy(choose_k, max_empty_drafts=None)
+        self.policy = policy
         # Read at every commit, not copied: a target's own set grows as it learns its end tokens.
         self.eos_ids = eos_ids
         self.on_round = on_round
@@ -86,7 +89,7 @@ class SpeculativeDecoder:
         self.fallback_detail: str | None = None
         self.finished_on_eos = False
 
-    async def run(self, prompt_ids: Sequence[int], max_tokens: int) -> AsyncIterator[CommitEvent]:
+    async def run(self, prompt_ids: Sequence[int], max_tokens: int) -> AsyncGenerator[CommitEvent, None]:
         """Yield the committed output of `prompt_ids`, at most `max_tokens` ids, ending after an EOS."""
         self._reset()
         self.policy.reset()
@@ -128,8 +131,11 @@ class SpeculativeDecoder:
                 before = produced
                 # A drafter that costs microseconds (n-gram) is asked after every token of a burst:
                 # once it matches again the burst stops and speculation resumes, so a short gap
-                # between two copied stretches does not cost a whole burst of plain decoding.
-                resume = self._drafts_again if plain > 1 and getattr(self.drafter, "cheap", False) else None
+                # between two copied stretches does not cost a whole burst of plain decoding. Not in
+                # a plain stretch the k chooser asked for (k = 0: speculating does not pay on this
+                # target): there a match would only cut the stretch into one-token calls.
+                cheap = getattr(self.drafter, "cheap", False)
+                resume = self._drafts_again if plain > 1 and cheap and step.k > 0 else None
                 async with aclosing(self._plain(committed, max(min(plain, remaining), 1), resume)) as events:
                     async for event in events:
                         produced += len(event.tokens)
@@ -170,7 +176,7 @@ class SpeculativeDecoder:
             return False
 
     async def _plain(self, committed: list[int], max_tokens: int,
-                     resume: Callable[[list[int]], Awaitable[bool]] | None = None) -> AsyncIterator[CommitEvent]:
+                     resume: Callable[[list[int]], Awaitable[bool]] | None = None) -> AsyncGenerator[CommitEvent, None]:
         """Plain target decoding from `committed` (extended in place), one event per token so a
         fall-back keeps streaming token by token; stops early once `resume` says drafting can resume."""
         self.target_calls += 1

@@ -27,7 +27,7 @@ from gateway.backend import Backend
 from gateway.speculative.adaptive_k import AdaptiveK, AdaptiveKConfig, SpeculationPrior
 from gateway.speculative.backends import build_codec, build_drafter_factory, build_target
 from gateway.speculative.coordinator import SpeculativeDecoder
-from gateway.speculative.interfaces import Drafter, RoundResult, Target, TargetFailed, Verification
+from gateway.speculative.interfaces import Drafter, RoundResult, Target, Verification
 from gateway.speculative.ngram import RecentResponses
 from gateway.speculative.pair_probe import probe_pair_capabilities
 from gateway.speculative.policy import SpeculationPolicy
@@ -305,5 +305,3 @@ class SpeculativePair:
                         "draft_call_ms": round(prior.draft_call_s * 1000, 3)},
         }
 
-
-__all__ = ["PairTotals", "RequestSpeculation", "SpeculativePair", "TargetFailed", "TimedTarget"]

@@ -43,7 +43,7 @@ class SpeculativeService:
             draft = None if spec.draft == NGRAM else backends[spec.draft]
             self.pairs[route.model] = SpeculativePair(
                 route.model, spec, backends[spec.target], draft,
-                target_waiting=lambda name=spec.target: target_waiting(name), on_request=on_request,
+                target_waiting=_bound(target_waiting, spec.target), on_request=on_request,
             )
         self._recheck = PeriodicTask("speculative-probe", self._recheck_all, interval_s)
 
@@ -85,3 +85,8 @@ class SpeculativeService:
     async def aclose(self) -> None:
         await self._recheck.stop()
         await asyncio.gather(*(pair.aclose() for pair in self.pairs.values()), return_exceptions=True)
+
+
+def _bound(read: Callable[[str], float | None], name: str) -> Callable[[], float | None]:
+    """`read(name)` as a callable of no arguments (one per pair's target)."""
+    return lambda: read(name)

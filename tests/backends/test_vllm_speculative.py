@@ -4,9 +4,11 @@ token for token. Also pins the response shape the emulator copies (token-id batc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+from gateway_process import GatewayProcess, running
 from vllm_server import VLLM_MODEL, VLLMServer, vllm_server  # noqa: F401
 
 from gateway.speculative.coordinator import SpeculativeDecoder
@@ -60,3 +62,37 @@ async def test_speculation_with_the_ngram_drafter_is_exactly_the_target_alone(
             assert decoder.target_calls <= len(alone)
     finally:
         await target.aclose()
+
+
+def test_the_gateway_speculates_on_the_real_vllm_server_and_answers_what_it_alone_would(
+    vllm_server: VLLMServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Chat rendered by vLLM's /tokenize (messages), verified tokens detokenized by its /detokenize, through
+    the gateway with the openai SDK: the same text and token count as vLLM's own chat route."""
+    config = {
+        "backends": [{"name": "vllm", "plugin": "vllm", "model": VLLM_MODEL, "url": vllm_server.url,
+                      "timeouts": {"first_token_s": 120, "total_s": 300}}],
+        "routes": [{"model": "fast", "backends": ["vllm"], "speculative": {"target": "vllm", "draft": "ngram"}},
+                   {"model": "plain", "backends": ["vllm"]}],
+    }
+    with running(GatewayProcess(config, tmp_path)) as process:
+        assert isinstance(process, GatewayProcess)
+        gw = process.wait_ready(120)
+        pair = httpx.get(gw.url + "/admin/speculative", timeout=10).json()["pairs"][0]
+        assert pair["state"] == "ready", pair
+        client = gw.client(timeout=120)
+        for text in PROMPTS:
+            messages = [{"role": "user", "content": text}]
+            plain = client.chat.completions.create(model="plain", messages=messages, temperature=0, max_tokens=24)
+            raw = client.chat.completions.with_raw_response.create(model="fast", messages=messages, temperature=0,
+                                                                   max_tokens=24)
+            fast = raw.parse()
+            assert "rounds=" in raw.headers["x-gateway-speculative"]
+            assert fast.choices[0].message.content == plain.choices[0].message.content
+            assert fast.usage is not None and plain.usage is not None
+            assert fast.usage.completion_tokens == plain.usage.completion_tokens
+            assert fast.usage.prompt_tokens == plain.usage.prompt_tokens
+            assert fast.choices[0].finish_reason == plain.choices[0].finish_reason
+        report = httpx.get(gw.url + "/admin/speculative", timeout=10).json()["pairs"][0]
+        assert report["requests"] == len(PROMPTS) and report["accepted"] > 0, report

@@ -215,3 +215,15 @@ async def test_a_drafter_that_is_not_cheap_is_never_asked_during_a_burst() -> No
     assert output_of(events) == target.greedy(PROMPT, 40)
     assert decoder.interrupted_bursts == 0 and target.generate_limits[3] == 16
     assert decoder.plain_tokens >= 3 + 16  # the whole burst (and maybe a last plain step at max_tokens)
+
+
+async def test_a_plain_stretch_the_k_chooser_asked_for_is_not_cut_by_a_cheap_drafter() -> None:
+    """When speculating does not pay (AdaptiveK plain), a matching n-gram drafter must not split the stretch
+    into one-token target calls: measured on a llama.cpp target, that made every token a whole call."""
+    adaptive = unprofitable_adaptive_k()
+    target = EmulatedTarget(next_token)
+    drafter = CheapScriptedDrafter(next_token, empty_on=set())  # always has a draft
+    decoder = SpeculativeDecoder(drafter, target, policy=SpeculationPolicy(adaptive))
+    events = await decode(decoder, PROMPT, 70)
+    assert output_of(events) == target.greedy(PROMPT, 70)
+    assert target.generate_limits == [32, 32, 6] and decoder.interrupted_bursts == 0

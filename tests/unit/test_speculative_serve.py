@@ -175,3 +175,51 @@ async def test_a_pair_whose_target_takes_no_token_ids_runs_plain_and_says_why(em
         assert backends["big"]["speculative"][0]["state"] == "plain"
         answer = await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 5})
         assert answer.status_code == 200 and "x-gateway-speculative" not in answer.headers
+
+
+async def test_a_loaded_target_serves_plainly_until_its_queue_drains(gw: GatewayUnderTest) -> None:
+    pair = gw.state.speculative.get("coder")
+    assert pair is not None
+    waiting = [10.0]
+    pair.target_waiting = lambda: waiting[0]  # what the load monitor reads from vLLM's num_requests_waiting
+    body = {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 5}
+    assert "x-gateway-speculative" not in (await post(gw, body)).headers
+    waiting[0] = 0.0
+    assert "x-gateway-speculative" in (await post(gw, body)).headers
+    assert pair.describe()["fallbacks"] == {"target_load": 1}
+
+
+@pytest.fixture(scope="module")
+def draft_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    log: Path = tmp_path_factory.mktemp("spec-draft") / "vllm.log"
+    process = EmulatorProcess("plugins.vllm.emulator", log, ["--served-model-name", MODEL, "--edit-rate", "0.1"])
+    with running(process):
+        process.wait_ready()
+        yield process
+
+
+async def test_a_model_draft_that_fails_mid_way_leaves_the_rest_to_the_target(
+    emulator: str, draft_emulator: EmulatorProcess
+) -> None:
+    registry = load_backend_registry()
+    raw = config(emulator)
+    raw["backends"].append({"name": "small", "plugin": "vllm", "model": MODEL, "url": draft_emulator.url})
+    raw["routes"][0]["speculative"]["draft"] = "small"
+    state = GatewayState(parse_config(raw, env={}, validators=registry.validators()), registry)
+    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
+        gw = GatewayUnderTest(client, state)
+        pair = (await client.get("/admin/speculative")).json()["pairs"][0]
+        assert pair["state"] == "ready" and pair["probe"]["tokenizer_parity"] is True, pair
+        body = {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 40}
+        ok = msgspec.json.decode((await post(gw, body)).content)
+        assert ok["x_speculative"]["fallback"] is None and ok["x_speculative"]["accepted"] > 0
+        draft_emulator.knobs(fault="http_500")
+        try:
+            answer = await post(gw, body)
+        finally:
+            draft_emulator.knobs(fault="none")
+        assert answer.status_code == 200
+        failed = msgspec.json.decode(answer.content)
+        assert failed["x_speculative"]["fallback"] == "draft_failed"
+        assert failed["choices"][0]["message"]["content"] == ok["choices"][0]["message"]["content"]
+        assert (await target_alone(emulator, GROUNDED, 40))[1] == ok["choices"][0]["message"]["content"]
