@@ -35,8 +35,10 @@ def _triton(backend: Backend) -> bool:
     return backend.plugin == "tensorrt_llm" and getattr(options, "mode", "trtllm_serve") == "triton"
 
 
-def build_target(backend: Backend, session: aiohttp.ClientSession, eos_ids: Sequence[int] = ()) -> Target:
-    """The `Target` client for a started backend; `eos_ids` from the config where the server never names them."""
+def build_target(backend: Backend, session: aiohttp.ClientSession, eos_ids: Sequence[int] = (),
+                 prompt_logprobs_below: int = 0) -> Target:
+    """The `Target` client for a started backend; `eos_ids` from the config where the server never names
+    them; `prompt_logprobs_below` for a vLLM target (V-A on short sequences)."""
     root, timeout_s = _root(backend), backend.config.timeouts.total_s
     end_id = eos_ids[0] if eos_ids else None
     target: Target
@@ -57,7 +59,8 @@ def build_target(backend: Backend, session: aiohttp.ClientSession, eos_ids: Sequ
     else:
         from gateway.speculative.vllm_target import VllmTokenTarget
 
-        target = VllmTokenTarget(root, backend.config.model, session=session, timeout_s=timeout_s)
+        target = VllmTokenTarget(root, backend.config.model, session=session, timeout_s=timeout_s,
+                                 prompt_logprobs_below=prompt_logprobs_below if backend.plugin == "vllm" else 0)
     target.eos_ids.update(eos_ids)
     return target
 

@@ -149,7 +149,8 @@ class SpeculativePair:
         """Build the clients against the started backends, then probe the pair."""
         timeout = aiohttp.ClientTimeout(total=self.target_backend.config.timeouts.total_s)
         self._session = aiohttp.ClientSession(timeout=timeout)
-        self.target = build_target(self.target_backend, self._session, self.config.eos_ids)
+        self.target = build_target(self.target_backend, self._session, self.config.eos_ids,
+                                   self.config.prompt_logprobs_below)
         self.codec = build_codec(self.target_backend, self.draft_backend, self._session)
         self._make_drafter = build_drafter_factory(self.config.draft, self.draft_backend, self.codec, self._session)
         await self.probe()

@@ -46,6 +46,9 @@ class SpeculativeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     # (trtllm-serve drops it from the answer; Triton needs `end_id` to stop at all). vLLM and
     # llama.cpp targets learn theirs from their answers.
     eos_ids: list[int] = msgspec.field(default_factory=list)
+    # vLLM targets: verify sequences shorter than this with prompt_logprobs (one prompt; vLLM then skips
+    # its prefix cache and recomputes it) instead of a batch of k+1 prefixes; 0 = always the batch.
+    prompt_logprobs_below: int = 0
 
 
 def speculative_problems(
@@ -88,6 +91,10 @@ def speculative_problems(
         problems.append(f"{where}.min_speedup: must be between 0 and 10")
     if config.reprobe_tokens < 1:
         problems.append(f"{where}.reprobe_tokens: must be at least 1")
+    if config.prompt_logprobs_below < 0:
+        problems.append(f"{where}.prompt_logprobs_below: must not be negative")
+    elif config.prompt_logprobs_below and target_plugin not in (None, "vllm"):
+        problems.append(f"{where}.prompt_logprobs_below: only a vllm target answers prompt_logprobs")
     if any(i < 0 for i in config.eos_ids):
         problems.append(f"{where}.eos_ids: token ids are not negative")
     if config.max_target_waiting is not None and config.max_target_waiting < 0:

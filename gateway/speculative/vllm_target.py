@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 
 from gateway.speculative.interfaces import TargetFailed, Verification
-from gateway.speculative.verify import vllm_batched_prefix_argmax
+from gateway.speculative.verify import PromptLogprobsEntry, vllm_batched_prefix_argmax, vllm_prompt_logprobs_argmax
 
 _TOKEN_PREFIX = "token_id:"
 
@@ -74,10 +74,15 @@ class VllmTokenTarget:
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = 60.0,
         logprobs: int = 1,
+        prompt_logprobs_below: int = 0,
     ) -> None:
         self.url = base_url.rstrip("/") + "/v1/completions"
         self.model = model
         self.logprobs = logprobs
+        # V-A (§2.1) for sequences shorter than this: one prompt with prompt_logprobs instead of a batch of
+        # prefixes. vLLM recomputes the whole prompt for such a request (no prefix cache), so only short
+        # contexts gain; 0 keeps V-B always.
+        self.prompt_logprobs_below = prompt_logprobs_below
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._own_session = session is None
         # With no stop strings sent, finish_reason "stop" can only mean the last token ended the
@@ -103,12 +108,10 @@ class VllmTokenTarget:
             "stream": stream,
         }
 
-    async def verify(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
-        """One batched call over the prefixes committed + draft[:j], j = 0..len(draft)."""
-        base = list(committed)
-        prompts = [base + list(draft[:j]) for j in range(len(draft) + 1)]
+    async def _post_verify(self, body: dict[str, Any]) -> list[Any]:
+        """POST one verify call; the answer's choices (raises `TargetFailed`)."""
         try:
-            async with self._client().post(self.url, json=self._body(prompts, 1, stream=False)) as response:
+            async with self._client().post(self.url, json=body) as response:
                 content = await response.read()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError) as err:
@@ -116,12 +119,22 @@ class VllmTokenTarget:
         if status != 200:
             raise TargetFailed(f"verify call answered {status}: {_error_detail(content)}")
         try:
-            body = msgspec.json.decode(content)
+            decoded = msgspec.json.decode(content)
         except msgspec.DecodeError as err:
             raise TargetFailed(f"verify answer is not JSON: {err}") from err
-        choices = body.get("choices") if isinstance(body, dict) else None
+        choices = decoded.get("choices") if isinstance(decoded, dict) else None
         if not isinstance(choices, list):
             raise TargetFailed("verify answer has no choices")
+        return choices
+
+    async def verify(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
+        """One call: V-B, the prefixes committed + draft[:j] (j = 0..len(draft)) as a batch; or V-A for a
+        short sequence (`prompt_logprobs_below`)."""
+        if draft and len(committed) + len(draft) < self.prompt_logprobs_below:
+            return await self._verify_prompt_logprobs(committed, draft)
+        base = list(committed)
+        prompts = [base + list(draft[:j]) for j in range(len(draft) + 1)]
+        choices = await self._post_verify(self._body(prompts, 1, stream=False))
         # vLLM numbers the choices by prompt (index = prompt position when n=1); order by it rather
         # than trusting the list order.
         by_index: dict[int, list[int]] = {}
@@ -173,6 +186,23 @@ class VllmTokenTarget:
         # A stream that ends without [DONE] was cut: what came is real, but the end is not.
         raise TargetFailed("generate stream ended without [DONE]")
 
+    async def _verify_prompt_logprobs(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
+        """V-A (§2.1): committed + draft as one prompt with `prompt_logprobs=2` (two entries per position,
+        so a tie with the top one shows), max_tokens 1 (the bonus)."""
+        body = self._body([*committed, *draft], 1, stream=False)
+        body["prompt_logprobs"] = 2
+        choices = await self._post_verify(body)
+        if len(choices) != 1 or not isinstance(choices[0], dict):
+            raise TargetFailed(f"a prompt_logprobs verify answered {len(choices)} choices")
+        choice = choices[0]
+        raw = choice.get("prompt_logprobs")
+        if not isinstance(raw, list):
+            raise TargetFailed("the verify answer has no prompt_logprobs")
+        tokens = _choice_tokens(choice)
+        self._learn_end(choice, tokens)
+        entries = [_prompt_logprobs_entry(position) for position in raw]
+        return vllm_prompt_logprobs_argmax(entries, len(committed), draft, tokens[0] if tokens else None)
+
     def _learn_end(self, choice: dict[str, Any], tokens: list[int]) -> None:
         if tokens and choice.get("finish_reason") == "stop" and not isinstance(choice.get("stop_reason"), str):
             self.eos_ids.add(tokens[-1])
@@ -182,3 +212,28 @@ class VllmTokenTarget:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _prompt_logprobs_entry(position: Any) -> PromptLogprobsEntry | None:
+    """One position of vLLM's `prompt_logprobs`: {token id: {"logprob", "rank", ...}} (keys are ids as JSON
+    strings, or "token_id:<id>"), as {id: (logprob, rank)}; None stays None (the first position)."""
+    if position is None:
+        return None
+    if not isinstance(position, dict):
+        raise TargetFailed("a prompt_logprobs position is not an object")
+    entry: PromptLogprobsEntry = {}
+    for key, value in position.items():
+        name = str(key)
+        token = token_id(name) if name.startswith(_TOKEN_PREFIX) else _int_key(name)
+        if not isinstance(value, dict) or not isinstance(value.get("logprob"), int | float):
+            raise TargetFailed("a prompt_logprobs entry has no logprob")
+        rank = value.get("rank")
+        entry[token] = (float(value["logprob"]), rank if isinstance(rank, int) else 0)
+    return entry
+
+
+def _int_key(name: str) -> int:
+    try:
+        return int(name)
+    except ValueError:
+        raise TargetFailed(f"a prompt_logprobs key is not a token id: {name!r}") from None

@@ -64,6 +64,31 @@ async def test_speculation_with_the_ngram_drafter_is_exactly_the_target_alone(
         await target.aclose()
 
 
+async def test_prompt_logprobs_verification_agrees_with_the_batched_one_on_the_real_server(
+    vllm_server: VLLMServer,  # noqa: F811
+) -> None:
+    """V-A reads vLLM's prompt_logprobs (rank and logprob per position, two entries so a tie shows); it must
+    pick what V-B's batch of prefixes picks, and speculation over it must give the target-alone ids."""
+    batched = VllmTokenTarget(vllm_server.url, VLLM_MODEL)
+    single = VllmTokenTarget(vllm_server.url, VLLM_MODEL, prompt_logprobs_below=4096)
+    try:
+        for text in PROMPTS:
+            ids = token_ids(vllm_server, text)
+            alone = [t async for t in batched.generate(ids, 24)]
+            for draft in (alone[:5], [*alone[:2], (alone[2] + 1) % 49152, *alone[3:5]]):
+                a, b = await single.verify(ids, draft), await batched.verify(ids, draft)
+                # Position by position; V-A says None where it sees a tie (then the target decodes it).
+                assert len(a.argmax) == len(b.argmax) == len(draft) + 1
+                assert all(x is None or x == y for x, y in zip(a.argmax, b.argmax, strict=True)), (a, b)
+                assert sum(x is None for x in a.argmax) <= 1
+            decoder = SpeculativeDecoder(NgramDrafter(), single, choose_k=lambda: 4)
+            produced = [t async for event in decoder.run(ids, 24) for t in event.tokens]
+            assert produced == alone, f"V-A speculation diverged for {text!r}"
+    finally:
+        await batched.aclose()
+        await single.aclose()
+
+
 def test_the_gateway_speculates_on_the_real_vllm_server_and_answers_what_it_alone_would(
     vllm_server: VLLMServer,  # noqa: F811
     tmp_path: Path,

@@ -223,3 +223,15 @@ async def test_a_model_draft_that_fails_mid_way_leaves_the_rest_to_the_target(
         assert failed["x_speculative"]["fallback"] == "draft_failed"
         assert failed["choices"][0]["message"]["content"] == ok["choices"][0]["message"]["content"]
         assert (await target_alone(emulator, GROUNDED, 40))[1] == ok["choices"][0]["message"]["content"]
+
+
+async def test_short_contexts_verified_with_prompt_logprobs_give_the_same_answer(emulator: str) -> None:
+    registry = load_backend_registry()
+    raw = config(emulator, prompt_logprobs_below=100_000)
+    state = GatewayState(parse_config(raw, env={}, validators=registry.validators()), registry)
+    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
+        gw = GatewayUnderTest(client, state)
+        answer = msgspec.json.decode((await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0,
+                                                      "max_tokens": 50})).content)
+        assert answer["x_speculative"]["accepted"] > 0
+        assert answer["choices"][0]["message"]["content"] == (await target_alone(emulator, GROUNDED, 50))[1]

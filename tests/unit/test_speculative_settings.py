@@ -50,6 +50,9 @@ def test_a_valid_pair_loads_with_defaults() -> None:
     ({"target": "big", "max_k": 0}, None, "routes[0].speculative.max_k: must be between 1 and 32"),
     ({"target": "big", "min_speedup": 0}, None, "routes[0].speculative.min_speedup"),
     ({"target": "big", "eos_ids": [-1]}, None, "routes[0].speculative.eos_ids"),
+    ({"target": "big", "prompt_logprobs_below": -1}, None, "routes[0].speculative.prompt_logprobs_below"),
+    ({"target": "trt", "draft": "small", "prompt_logprobs_below": 512}, ["trt"],
+     "routes[0].speculative.prompt_logprobs_below: only a vllm target"),
     ({"target": "big", "k": "fast"}, None, "routes[0].speculative.k"),
     ({"target": "big", "drafts": 2}, None, "routes[0].speculative.drafts: unknown key"),
 ])

@@ -157,3 +157,37 @@ async def test_knobs_route_sets_token_and_shared_knobs_together(emulator: str) -
         refused = await client.post("/__emulator/knobs", json={"decode_ms": "slow", "tpot_ms": 9.0})
         assert refused.status_code == 400
         assert (await client.get("/__emulator/knobs")).json()["tpot_ms"] == 2.0  # nothing applied
+
+
+async def test_prompt_logprobs_verification_agrees_with_the_batched_one(emulator: str) -> None:
+    """V-A (one prompt, prompt_logprobs) and V-B (a batch of prefixes) give the same greedy choices, for
+    right drafts, wrong ones and a draft that runs into the document's end (EOS)."""
+    batched = VllmTokenTarget(emulator, MODEL)
+    single = VllmTokenTarget(emulator, MODEL, prompt_logprobs_below=100_000)
+    try:
+        prompt = grounded_prompt(4)
+        plain = await generated(batched, prompt, 12)
+        for draft in (plain[:8], [17, 18, 19], [*plain[:3], 5, *plain[4:7]]):
+            a, b = await single.verify(prompt, draft), await batched.verify(prompt, draft)
+            assert a.argmax[: len(draft)] == b.argmax[: len(draft)]
+            assert a.argmax[-1] == b.argmax[-1]
+        short = grounded_prompt(9, 20)
+        tail = await generated(batched, short, 40)  # copies to the end of the document, then EOS
+        assert tail[-1] == EOS
+        draft = tail[-4:]
+        before = [*short, *tail[:-4]]
+        assert (await single.verify(before, draft)).argmax[:4] == (await batched.verify(before, draft)).argmax[:4]
+    finally:
+        await batched.aclose()
+        await single.aclose()
+
+
+async def test_speculation_with_prompt_logprobs_is_exact(emulator: str) -> None:
+    target = VllmTokenTarget(emulator, MODEL, prompt_logprobs_below=100_000)
+    try:
+        for prompt in (grounded_prompt(5), grounded_prompt(7, 20), open_prompt(8)):
+            alone = await generated(target, prompt, 60)
+            decoder = SpeculativeDecoder(NgramDrafter(), target, choose_k=lambda: 4, eos_ids=frozenset({EOS}))
+            assert [t async for event in decoder.run(prompt, 60) for t in event.tokens] == alone
+    finally:
+        await target.aclose()

@@ -192,6 +192,24 @@ def _token_logprobs(tokens: list[int], top: int, offset: int) -> dict[str, Any]:
             "top_logprobs": top_logprobs}
 
 
+def _prompt_logprobs(sequence: TokenSequence, prompt: list[int], top: int) -> list[dict[str, Any] | None]:
+    """vLLM's `prompt_logprobs` for a token-id prompt: per position p >= 1, the prompt token with its rank
+    and the top `top` candidates (keys are ids). The model is greedy and certain: its own choice after
+    prompt[:p] has logprob 0.0 and rank 1, every other shown token vLLM's floor -9999.0, with positional
+    ranks; a prompt token that is not the choice ranks 2."""
+    out: list[dict[str, Any] | None] = [None]
+    for p in range(1, len(prompt)):
+        choice = sequence.next_token(p)
+        entry: dict[str, Any] = {str(choice): {"logprob": 0.0, "rank": 1, "decoded_token": _token_text(choice)}}
+        for extra in range(1, top):
+            stand_in = (choice + extra) % 32_000
+            entry[str(stand_in)] = {"logprob": -9999.0, "rank": extra + 1, "decoded_token": _token_text(stand_in)}
+        if prompt[p] != choice:
+            entry[str(prompt[p])] = {"logprob": -9999.0, "rank": 2, "decoded_token": _token_text(prompt[p])}
+        out.append(entry)
+    return out
+
+
 def _token_text(token: int) -> str:
     return f" t{token}"
 
@@ -266,12 +284,15 @@ class TokenCompletions:
                     prompt = prompts[0]
                     max_tokens = min(requested or limit, limit - len(prompt))
                     return await self._stream(request, body, prompt, max_tokens, logprobs, started)
-                return await self._whole(prompts, requested, logprobs, started)
+                raw_prompt_logprobs = body.get("prompt_logprobs")
+                prompt_logprobs = (raw_prompt_logprobs if isinstance(raw_prompt_logprobs, int)
+                                   and not isinstance(raw_prompt_logprobs, bool) else None)
+                return await self._whole(prompts, requested, logprobs, started, prompt_logprobs)
         except QueueFull:
             return wire.error_response(503, "emulated fault: request queue is full")
 
     async def _whole(self, prompts: list[list[int]], requested: int | None, logprobs: int | None,
-                     started: float) -> web.Response:
+                     started: float, prompt_logprobs: int | None = None) -> web.Response:
         knobs = self.knobs
         choices, prompt_total, completion_total, steps = [], 0, 0, 0
         # Longer prompts of the batch usually extend shorter ones (a V-B verify), so their index is shared.
@@ -290,7 +311,10 @@ class TokenCompletions:
                 "index": index, "text": self._text(tokens),
                 "logprobs": None if logprobs is None else _token_logprobs(tokens, max(logprobs, 1), 0),
                 "finish_reason": self._finish(tokens, max_tokens), "stop_reason": None, "token_ids": None,
-                "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None,
+                "prompt_logprobs": None if prompt_logprobs is None else _prompt_logprobs(
+                    shared if longest[: len(prompt)] == prompt else TokenSequence(prompt, knobs), prompt,
+                    max(prompt_logprobs, 1)),
+                "prompt_token_ids": None, "routed_experts": None,
             })
         per_step = knobs.decode_ms + (len(prompts) - 1) * knobs.verify_token_ms
         await _sleep_until(started + (knobs.rtt_ms + steps * per_step) / 1000)
