@@ -31,7 +31,7 @@ from gateway.speculative.interfaces import Drafter, RoundResult, Target, Verific
 from gateway.speculative.ngram import RecentResponses
 from gateway.speculative.pair_probe import probe_pair_capabilities
 from gateway.speculative.policy import SpeculationPolicy
-from gateway.speculative.settings import NGRAM, SpeculativeConfig
+from gateway.speculative.settings import NGRAM, PLAIN_TARGETS, SpeculativeConfig
 
 log = logging.getLogger("gateway.speculative")
 
@@ -147,6 +147,11 @@ class SpeculativePair:
 
     async def start(self) -> None:
         """Build the clients against the started backends, then probe the pair."""
+        plain = PLAIN_TARGETS.get(self.target_backend.plugin)
+        if plain is not None:
+            self.state, self.reason = "plain", plain
+            log.info("speculative pair %s on route %s runs plain decoding: %s", self.name, self.route, plain)
+            return
         timeout = aiohttp.ClientTimeout(total=self.target_backend.config.timeouts.total_s)
         self._session = aiohttp.ClientSession(timeout=timeout)
         self.target = build_target(self.target_backend, self._session, self.config.eos_ids,

@@ -8,7 +8,7 @@ routes:
   - model: coder
     backends: [big]            # serves what cannot speculate (sampling, penalties, tools, n > 1)
     speculative:
-      target: big              # vllm, tensorrt_llm (trtllm_serve or triton) or llamacpp
+      target: big              # vllm, tensorrt_llm (trtllm_serve or triton) or llamacpp (tgi: plain)
       draft: small             # a llamacpp, vllm or ollama backend, or `ngram` (no model)
       k: auto                  # drafts per round: auto (from measured acceptance and costs) or 1..max_k
       max_k: 8
@@ -23,9 +23,12 @@ from typing import Literal
 import msgspec
 
 NGRAM = "ngram"
-# Plugins that can verify a block of drafts in one call (see gateway.speculative.pair); a TGI
-# target has no token-id prompts, so a route pairing it would only ever decode plainly.
-TARGET_PLUGINS = ("vllm", "tensorrt_llm", "llamacpp")
+# Plugins that can verify a block of drafts in one call (see gateway.speculative.backends).
+TARGET_PLUGINS = ("vllm", "tensorrt_llm", "llamacpp", "tgi")
+# Targets a pair may name but that always decode plainly, with the reason shown (reference §2.5):
+# TGI takes no token-id prompts, and its prompt scores cost its prefix cache.
+PLAIN_TARGETS = {"tgi": "TGI takes no token-id prompts and scores a prompt only with its prefix cache "
+                        "off (reference §2.5): plain decoding, until a measurement shows a gain"}
 DRAFT_PLUGINS = ("llamacpp", "vllm", "ollama")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
 
+from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
 from gateway.plugins import load_backend_registry
 from gateway.speculative.eligibility import max_new_tokens, plain_reason, stop_strings
+from gateway.state import GatewayState
 
 BACKENDS = [
     {"name": "big", "plugin": "vllm", "model": "m", "url": "http://127.0.0.1:1"},
@@ -39,7 +42,7 @@ def test_a_valid_pair_loads_with_defaults() -> None:
 
 @pytest.mark.parametrize(("speculative", "backends", "expected"), [
     ({"target": "nope"}, None, "routes[0].speculative.target: unknown backend 'nope'"),
-    ({"target": "tgi"}, ["tgi"], "routes[0].speculative.target: a 'tgi' backend cannot verify drafts"),
+    ({"target": "ol"}, ["ol"], "routes[0].speculative.target: a 'ollama' backend cannot verify drafts"),
     ({"target": "small"}, ["big"], "routes[0].speculative.target: 'small' must be one of the route's backends"),
     ({"target": "big", "draft": "tgi"}, None, "routes[0].speculative.draft: a 'tgi' backend cannot draft"),
     ({"target": "big", "draft": "ghost"}, None, "routes[0].speculative.draft: unknown backend 'ghost'"),
@@ -60,6 +63,18 @@ def test_bad_sections_are_refused_with_the_path(speculative: dict[str, Any], bac
                                                   expected: str) -> None:
     found = problems(speculative, backends)
     assert any(p.startswith(expected) for p in found), found
+
+
+async def test_a_tgi_target_loads_and_its_pair_decodes_plainly_saying_why() -> None:
+    config = load({"target": "tgi", "draft": "small"}, ["tgi"])
+    state = GatewayState(config, load_backend_registry())
+    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
+        pair = (await client.get("/admin/speculative")).json()["pairs"][0]
+        assert pair["state"] == "plain" and pair["reason"].startswith("TGI takes no token-id prompts"), pair
+        backends = {b["name"]: b for b in (await client.get("/admin/backends")).json()["backends"]}
+        assert backends["tgi"]["speculative"] == [{"route": "coder", "pair": "small->tgi", "state": "plain",
+                                                   "reason": pair["reason"], "role": "target"}]
+        assert backends["small"]["speculative"][0]["role"] == "draft"
 
 
 def test_a_tensorrt_llm_target_with_a_model_draft_loads() -> None:
