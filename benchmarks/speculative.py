@@ -31,8 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +43,9 @@ from procs import free_port, spawn, stop, wait_until  # noqa: E402
 
 from gateway.speculative.adaptive_k import AdaptiveK, SpeculationPrior  # noqa: E402
 from gateway.speculative.coordinator import SpeculativeDecoder  # noqa: E402
-from gateway.speculative.interfaces import RoundResult, Verification  # noqa: E402
+from gateway.speculative.interfaces import RoundResult  # noqa: E402
 from gateway.speculative.ngram import NgramDrafter  # noqa: E402
+from gateway.speculative.pair import TimedTarget  # noqa: E402
 from gateway.speculative.policy import SpeculationPolicy  # noqa: E402
 from gateway.speculative.vllm_target import VllmTokenTarget  # noqa: E402
 
@@ -101,32 +100,6 @@ class ModeStats:
                 f"{mean_k:>6} {self.plain_bursts:>7} {speedup:>7.2f}x")
 
 
-class TimedTarget:
-    """The target with its plain steps timed for the adaptive k (the coordinator times only rounds)."""
-
-    def __init__(self, inner: VllmTokenTarget, adaptive: AdaptiveK) -> None:
-        self.inner = inner
-        self.adaptive = adaptive
-        self.name = inner.name
-
-    async def verify(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
-        return await self.inner.verify(committed, draft)
-
-    async def generate(self, committed: Sequence[int], max_tokens: int) -> AsyncIterator[int]:
-        started = time.perf_counter()
-        count = 0
-        try:
-            async with aclosing(self.inner.generate(committed, max_tokens)) as tokens:
-                async for token in tokens:
-                    count += 1
-                    yield token
-        finally:
-            # In `finally`: the coordinator closes a one-token step right after its token, so the
-            # loop never ends on its own. observe_plain wants per-token time without the call
-            # overhead, which the prior knows.
-            self.adaptive.observe_plain(count, max(time.perf_counter() - started - RTT_MS / 1000, 0.0))
-
-
 def set_knobs(url: str, changes: dict[str, float]) -> None:
     httpx.post(url + "/__emulator/knobs", json=changes, timeout=10).raise_for_status()
 
@@ -153,7 +126,7 @@ async def speculative(target: VllmTokenTarget, prompts: list[list[int]], max_tok
         def on_round(result: RoundResult, draft_s: float, verify_s: float, adaptive: AdaptiveK = adaptive) -> None:
             adaptive.observe_round(result.drafted, result.accepted, draft_s, verify_s, censored=result.tie)
 
-        timed = TimedTarget(target, adaptive)
+        timed = TimedTarget(target, adaptive, RTT_MS / 1000)
         if args.no_policy:
             decoder = SpeculativeDecoder(NgramDrafter(), timed, choose_k=adaptive.choose, eos_ids=frozenset({EOS}),
                                          on_round=on_round)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -101,40 +102,50 @@ class SpeculativeResponse:
             return "stop"
         return "length" if len(self.output) >= limit else "stop"
 
+    def _start(self) -> tuple[int, IncrementalText]:
+        """The request's token limit, and its text stream (stop strings held back)."""
+        limit = max_new_tokens(self.body, DEFAULT_MAX_TOKENS)
+        text = IncrementalText(self.pair.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
+        return limit, text
+
+    async def _drain(self, first: CommitEvent | None, events: AsyncIterator[CommitEvent], text: IncrementalText,
+                     emit: Callable[[str], Awaitable[None]]) -> tuple[bool, int]:
+        """Commit events to text through `emit` until the end or a stop string: (stopped, completion tokens)."""
+        event = first
+        while event is not None:
+            self.output.extend(event.tokens)
+            step = await text.push(event.tokens)
+            if step.text:
+                await emit(step.text)
+            if step.stopped:
+                return True, await text.tokens_through_stop(self.output)
+            event = await anext(events, None)
+        step = await text.finish()
+        if step.text:
+            await emit(step.text)
+        if step.stopped:
+            return True, await text.tokens_through_stop(self.output)
+        return False, len(self.output)
+
     async def stream(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
         """Answer as SSE: headers and the role chunk once the first token is committed."""
         prompt = await self._prompt()
         self.prompt_tokens = len(prompt)
-        limit = max_new_tokens(self.body, DEFAULT_MAX_TOKENS)
-        text = IncrementalText(self.pair.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
+        limit, text = self._start()
+
+        async def emit(content: str) -> None:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            await send({"type": "http.response.body", "more_body": True, "body": self._chunk({"content": content})})
+
         async with aclosing(prefetch(self.spec.decoder.run(prompt, limit))) as events:
             first = await self._first_event(events)
             await send({"type": "http.response.start", "status": 200, "headers": [
                 *SSE_HEADERS, *headers, (b"x-gateway-speculative", f"pair={self.pair.name}".encode())]})
             await send({"type": "http.response.body", "more_body": True,
                         "body": self._chunk({"role": "assistant", "content": ""})})
-            stopped = False
             try:
-                event = first
-                while event is not None:
-                    self.output.extend(event.tokens)
-                    step = await text.push(event.tokens)
-                    if step.text:
-                        if self.first_token_at is None:
-                            self.first_token_at = time.perf_counter()
-                        await send({"type": "http.response.body", "more_body": True,
-                                    "body": self._chunk({"content": step.text})})
-                    if step.stopped:
-                        stopped = True
-                        break
-                    event = await anext(events, None)
-                if not stopped:
-                    step = await text.finish()
-                    stopped = step.stopped
-                    if step.text:
-                        await send({"type": "http.response.body", "more_body": True,
-                                    "body": self._chunk({"content": step.text})})
-                completion_tokens = await text.tokens_through_stop(self.output) if stopped else len(self.output)
+                stopped, completion_tokens = await self._drain(first, events, text, emit)
             except (TargetFailed, TokenizerError) as err:
                 log.warning("speculative stream %s failed after its first byte: %s", self.request_id.decode(), err)
                 error = GatewayError(502, f"speculative decoding failed mid-stream: {err}", type="api_error",
@@ -154,26 +165,16 @@ class SpeculativeResponse:
         """Answer as one chat.completion JSON object."""
         prompt = await self._prompt()
         self.prompt_tokens = len(prompt)
-        limit = max_new_tokens(self.body, DEFAULT_MAX_TOKENS)
-        text = IncrementalText(self.pair.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
+        limit, text = self._start()
         parts: list[str] = []
-        stopped = False
+
+        async def emit(content: str) -> None:
+            parts.append(content)
+
         async with aclosing(prefetch(self.spec.decoder.run(prompt, limit))) as events:
-            event = await self._first_event(events)
+            first = await self._first_event(events)
             try:
-                while event is not None:
-                    self.output.extend(event.tokens)
-                    step = await text.push(event.tokens)
-                    parts.append(step.text)
-                    if step.stopped:
-                        stopped = True
-                        break
-                    event = await anext(events, None)
-                if not stopped:
-                    step = await text.finish()
-                    parts.append(step.text)
-                    stopped = step.stopped
-                completion_tokens = await text.tokens_through_stop(self.output) if stopped else len(self.output)
+                stopped, completion_tokens = await self._drain(first, events, text, emit)
             except (TargetFailed, TokenizerError) as err:
                 raise GatewayError(502, f"speculative decoding failed: {err}", type="api_error",
                                    code="backend_error") from err

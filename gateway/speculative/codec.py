@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import msgspec
 
-from gateway.speculative.pooled_http import send
+from gateway.speculative.pooled_http import post_json
 from gateway.speculative.probe import TokenizerError
 
 
@@ -35,18 +34,9 @@ class _HttpCodec:
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = self.base_url + path
-        try:
-            async with await send(self.session, "POST", url, body, limits=self.timeout) as response:
-                content = await response.read()
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise TokenizerError(f"{url}: {type(err).__name__}: {err}") from err
-        if status != 200:
-            raise TokenizerError(f"{url} answered {status}: {content[:200].decode('utf-8', 'replace')}")
-        try:
-            decoded = msgspec.json.decode(content)
-        except msgspec.DecodeError as err:
-            raise TokenizerError(f"{url} answered with a body that is not JSON: {err}") from err
+        decoded = await post_json(self.session, url, body, failure=TokenizerError, what=f"POST {url}",
+                                  detail=lambda content: content[:200].decode("utf-8", "replace"),
+                                  limits=self.timeout)
         if not isinstance(decoded, dict):
             raise TokenizerError(f"{url} answered {type(decoded).__name__}, not an object")
         return decoded

@@ -15,9 +15,10 @@ import aiohttp
 
 from gateway.speculative.interfaces import DraftFailed
 from gateway.speculative.llamacpp_target import GREEDY_SAMPLING, LlamaCppWireError, post_completion
+from gateway.speculative.pooled_http import SessionClient
 
 
-class LlamaCppDrafter:
+class LlamaCppDrafter(SessionClient):
     """`Drafter` over llama-server's /completion: `draft(committed, k)` is the draft model's greedy
     continuation of `committed`, k tokens or fewer.
 
@@ -43,16 +44,9 @@ class LlamaCppDrafter:
         id_slot: int | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/completion"
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        super().__init__(session, timeout_s)
         self.id_slot = id_slot
-        self._own_session = session is None
-        self._session = session
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
 
     async def draft(self, committed: Sequence[int], k: int) -> list[int]:
         """Up to `k` greedy draft-model ids after `committed` ([] for k <= 0 or an empty `committed`)."""
@@ -73,9 +67,3 @@ class LlamaCppDrafter:
         except LlamaCppWireError as err:
             raise DraftFailed(str(err)) from err
         return answer.tokens[:k]
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this drafter created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None

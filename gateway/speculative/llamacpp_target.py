@@ -32,7 +32,7 @@ import aiohttp
 import msgspec
 
 from gateway.speculative.interfaces import TargetFailed, Verification
-from gateway.speculative.pooled_http import send
+from gateway.speculative.pooled_http import SessionClient, send
 
 # Greedy, with every sampler that could move the pick neutralised whatever the server's defaults are:
 # top_k=1 keeps only the highest logit, temperature 0 is llama.cpp's own greedy, and the explicit
@@ -141,7 +141,7 @@ async def _first_failure(calls: Sequence[Awaitable[CompletionAnswer]]) -> list[C
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class LlamaCppSlotTarget:
+class LlamaCppSlotTarget(SessionClient):
     """`Target` over llama-server's /completion with token-id prompts (§2.4 parallel-slot verification).
 
     `base_url`: the server's root. `slots`: how many slots this target may use, from `first_slot`
@@ -179,7 +179,7 @@ class LlamaCppSlotTarget:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/completion"
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        super().__init__(session, timeout_s)
         self.first_slot = first_slot
         self.slots = slots
         self.eos_ids: set[int] = set()
@@ -187,8 +187,6 @@ class LlamaCppSlotTarget:
         # per request when slot pinning lets each one reuse its slot's cache. For metrics and tests.
         self.verify_requests = 0
         self.verify_evaluated = 0
-        self._own_session = session is None
-        self._session = session
         self._props_read = False
         self._props_lock: asyncio.Lock | None = None
 
@@ -198,11 +196,6 @@ class LlamaCppSlotTarget:
         (`slots` given, or after `load_props` / the first call)."""
         return None if self.slots is None else self.slots - 1
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
 
     async def load_props(self) -> None:
         """Read GET /props once: `total_slots` (when `slots` was not given) and the `eos_token`.
@@ -391,9 +384,3 @@ class LlamaCppSlotTarget:
         self._learn(answer.tokens, answer.stop_type)
         for token in answer.tokens[:missing]:
             yield token
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this target created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -26,6 +26,7 @@ import aiohttp
 import msgspec
 
 from gateway.speculative.interfaces import DraftFailed, TokenCodec
+from gateway.speculative.pooled_http import SessionClient, post_json
 from gateway.speculative.probe import TokenizerError
 
 # Enough context for the tail to re-tokenize as the committed ids did (a word split over a few tokens,
@@ -43,7 +44,7 @@ def _error_detail(body: bytes) -> str:
     return str(message) if message else body[:200].decode("utf-8", "replace")
 
 
-class OllamaDrafter:
+class OllamaDrafter(SessionClient):
     """`Drafter` over Ollama's `/api/generate` in raw mode, through the target's tokenizer `codec`.
 
     `base_url` is the server's root; `session` may be shared between requests (it is then not closed by
@@ -70,19 +71,12 @@ class OllamaDrafter:
         self.model = model
         self.codec = codec
         self.options = dict(options or {})
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._own_session = session is None
-        self._session = session
+        super().__init__(session, timeout_s)
         # How the last drafts were segmented, for tests and metrics: "boundary" (behind the tail) or
         # "bare" (the reply alone).
         self.boundary_drafts = 0
         self.bare_drafts = 0
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
 
     async def draft(self, committed: Sequence[int], k: int) -> list[int]:
         """Ollama's greedy continuation of the committed text, as at most `k` target ids."""
@@ -117,19 +111,9 @@ class OllamaDrafter:
             "stream": False,
             "options": {**self.options, "num_predict": k, "temperature": 0},
         }
-        try:
-            # A shared session may carry another timeout: pass ours per call.
-            async with self._client().post(self.url, json=body, timeout=self.timeout) as response:
-                content = await response.read()
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise DraftFailed(f"draft call failed: {type(err).__name__}: {err}") from err
-        if status != 200:
-            raise DraftFailed(f"draft call answered {status}: {_error_detail(content)}")
-        try:
-            decoded = msgspec.json.decode(content)
-        except msgspec.DecodeError as err:
-            raise DraftFailed(f"draft answer is not JSON: {err}") from err
+        # A shared session may carry another timeout: pass ours per call.
+        decoded = await post_json(self._client(), self.url, body, failure=DraftFailed, what="draft call",
+                                  detail=_error_detail, limits=self.timeout)
         if not isinstance(decoded, dict):
             raise DraftFailed("draft answer is not an object")
         if "error" in decoded:
@@ -138,9 +122,3 @@ class OllamaDrafter:
         if not isinstance(reply, str):
             raise DraftFailed("draft answer has no response text")
         return reply
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this drafter created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -25,6 +25,7 @@ import aiohttp
 import msgspec
 
 from gateway.speculative.interfaces import TargetFailed, Verification
+from gateway.speculative.pooled_http import SessionClient, post_json
 
 
 def _error_detail(body: bytes) -> str:
@@ -59,7 +60,7 @@ def _output_ids(answer: Any) -> list[int]:
     return ids[:length]
 
 
-class TritonDraftTarget:
+class TritonDraftTarget(SessionClient):
     """`Target` over Triton's `tensorrt_llm` model with native draft verification (§2.3).
 
     `base_url` is Triton's HTTP root (…/v2/models/{model}/generate is appended); `model` the name of the
@@ -92,16 +93,9 @@ class TritonDraftTarget:
         self.pad_id = pad_id
         # The engine ends a sequence on end_id only; the decoder reads this set live after every call.
         self.eos_ids: set[int] = set() if end_id is None else {end_id}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._own_session = session is None
-        self._session = session
+        super().__init__(session, timeout_s)
         self.last_perf: dict[str, Any] = {}  # acceptance_rate etc. of the last verify, when the server sent them
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
 
     def _body(self, committed: Sequence[int], output_len: int, draft: Sequence[int], *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -139,19 +133,8 @@ class TritonDraftTarget:
         """One generate call checking the whole draft; the list stops after the correction or bonus
         (positions past the first mismatch are unknown, and `accept_round` never looks at them)."""
         asked = len(draft) + 1
-        try:
-            async with self._client().post(self.generate_url, json=self._body(committed, asked, draft, stream=False)) \
-                    as response:
-                content = await response.read()
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise TargetFailed(f"verify call failed: {type(err).__name__}: {err}") from err
-        if status != 200:
-            raise TargetFailed(f"verify call answered {status}: {_error_detail(content)}")
-        try:
-            answer = msgspec.json.decode(content)
-        except msgspec.DecodeError as err:
-            raise TargetFailed(f"verify answer is not JSON: {err}") from err
+        answer = await post_json(self._client(), self.generate_url, self._body(committed, asked, draft, stream=False),
+                                 failure=TargetFailed, what="verify call", detail=_error_detail)
         tokens = self._new_tokens(answer, committed, asked)
         self.last_perf = {key: answer[key] for key in ("acceptance_rate", "total_accepted_draft_tokens",
                                                        "total_draft_tokens") if key in answer}
@@ -202,9 +185,3 @@ class TritonDraftTarget:
         if produced < max_tokens and self.end_id is not None:
             self.eos_ids.add(self.end_id)
             yield self.end_id
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this target created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -16,14 +16,13 @@ models forbid extra fields (`extra="forbid"`), so every call is a 400. What trtl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from gateway.speculative.interfaces import TargetFailed, Verification
-from gateway.speculative.verify import vllm_batched_prefix_argmax
+from gateway.speculative.interfaces import TargetFailed
+from gateway.speculative.vllm_target import VllmTokenTarget
 
 # Probe-able capability: how this target reads ids (a field trtllm-serve declares, not vLLM's extra).
 TOKEN_ID_FIELD = "detokenize"
@@ -56,8 +55,9 @@ def _choice(choice: Any) -> tuple[list[int], bool]:
     return ids, ended
 
 
-class TrtllmServeTokenTarget:
-    """`Target` over trtllm-serve's /v1/completions with token-id prompts (V-B verification).
+class TrtllmServeTokenTarget(VllmTokenTarget):
+    """`Target` over trtllm-serve's /v1/completions with token-id prompts (V-B verification): vLLM's
+    protocol with trtllm-serve's way of returning ids (`detokenize: false` -> `token_ids`).
 
     `eos_id` is the model's end token (its tokenizer's eos_token_id): trtllm-serve stops on it without
     returning it, so it is what the target reports at such a position; unknown (None), such a position
@@ -66,6 +66,7 @@ class TrtllmServeTokenTarget:
     """
 
     name = "trtllm-serve"
+    describe_error = staticmethod(_error_detail)
 
     def __init__(
         self,
@@ -76,19 +77,10 @@ class TrtllmServeTokenTarget:
         timeout_s: float = 60.0,
         eos_id: int | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/v1/completions"
-        self.model = model
+        super().__init__(base_url, model, session=session, timeout_s=timeout_s)
         self.eos_id = eos_id
-        self.eos_ids: set[int] = set() if eos_id is None else {eos_id}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._own_session = session is None
-        self._session = session
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
+        if eos_id is not None:
+            self.eos_ids.add(eos_id)
 
     def _body(self, prompt: list[int] | list[list[int]], max_tokens: int, *, stream: bool) -> dict[str, Any]:
         return {
@@ -102,86 +94,9 @@ class TrtllmServeTokenTarget:
             "stream": stream,
         }
 
-    def _ended(self) -> int | None:
-        """The id to report where the server stopped on its end token (None: unknown)."""
-        if self.eos_id is not None:
-            self.eos_ids.add(self.eos_id)
-        return self.eos_id
-
-    async def verify(self, committed: Sequence[int], draft: Sequence[int]) -> Verification:
-        """One batched call over the prefixes committed + draft[:j], j = 0..len(draft)."""
-        base = list(committed)
-        prompts = [base + list(draft[:j]) for j in range(len(draft) + 1)]
-        try:
-            async with self._client().post(self.url, json=self._body(prompts, 1, stream=False)) as response:
-                content = await response.read()
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise TargetFailed(f"verify call failed: {type(err).__name__}: {err}") from err
-        if status != 200:
-            raise TargetFailed(f"verify call answered {status}: {_error_detail(content)}")
-        try:
-            body = msgspec.json.decode(content)
-        except msgspec.DecodeError as err:
-            raise TargetFailed(f"verify answer is not JSON: {err}") from err
-        choices = body.get("choices") if isinstance(body, dict) else None
-        if not isinstance(choices, list):
-            raise TargetFailed("verify answer has no choices")
-        by_index: dict[int, tuple[list[int], bool]] = {}
-        for choice in choices:
-            index = choice.get("index") if isinstance(choice, dict) else None
-            if not isinstance(index, int):
-                raise TargetFailed("a verify choice has no index")
-            by_index[index] = _choice(choice)
-        picks: list[int] = []
-        for j in range(len(prompts)):
-            tokens, ended = by_index.get(j, ([], False))
-            pick = tokens[0] if tokens else (self._ended() if ended else None)
-            if pick is None:
-                break  # unknown from here on: accept_round stops there
-            picks.append(pick)
-        return vllm_batched_prefix_argmax(picks)
-
-    async def generate(self, committed: Sequence[int], max_tokens: int) -> AsyncIterator[int]:
-        """Plain greedy decoding, yielding each id as its SSE chunk arrives (and the end token last when
-        the server stopped on it)."""
-        body = self._body(list(committed), max_tokens, stream=True)
-        ended = False
-        try:
-            async with self._client().post(self.url, json=body) as response:
-                if response.status != 200:
-                    raise TargetFailed(
-                        f"generate call answered {response.status}: {_error_detail(await response.read())}")
-                async for raw in response.content:
-                    line = raw.decode("utf-8", "replace").strip()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        eos = self._ended() if ended else None
-                        if eos is not None:
-                            yield eos
-                        return
-                    try:
-                        chunk = msgspec.json.decode(data)
-                    except msgspec.DecodeError as err:
-                        raise TargetFailed(f"malformed stream chunk: {err}") from err
-                    if not isinstance(chunk, dict):
-                        raise TargetFailed("a stream chunk is not an object")
-                    if "error" in chunk:
-                        raise TargetFailed(f"target stream failed: {chunk['error']}")
-                    for choice in chunk.get("choices") or ():
-                        tokens, stop = _choice(choice)
-                        ended = ended or stop
-                        for token in tokens:
-                            yield token
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise TargetFailed(f"generate call failed: {type(err).__name__}: {err}") from err
-        # trtllm-serve ends every stream with [DONE]: without it, the stream was cut.
-        raise TargetFailed("generate stream ended without [DONE]")
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this target created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+    def _read_choice(self, choice: Any) -> list[int]:
+        """The choice's ids, then the end token where the server stopped on it (it never sends that id)."""
+        tokens, ended = _choice(choice)
+        if ended and self.eos_id is not None:
+            return [*tokens, self.eos_id]
+        return tokens

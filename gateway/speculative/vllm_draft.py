@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import msgspec
 
 from gateway.speculative.interfaces import DraftFailed, TargetFailed
+from gateway.speculative.pooled_http import SessionClient, post_json
 from gateway.speculative.vllm_target import _choice_tokens, _error_detail
 
 
-class VllmDrafter:
+class VllmDrafter(SessionClient):
     """`Drafter` over a vLLM-compatible /v1/completions with token-id prompts: k greedy tokens per call.
 
     `base_url` is the server's root (…/v1 is appended); `session` may be shared between requests (it
@@ -39,15 +39,7 @@ class VllmDrafter:
     ) -> None:
         self.url = base_url.rstrip("/") + "/v1/completions"
         self.model = model
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._own_session = session is None
-        self._session = session
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
+        super().__init__(session, timeout_s)
 
     async def draft(self, committed: Sequence[int], k: int) -> list[int]:
         """The draft model's greedy continuation of `committed`: at most `k` ids (fewer after its EOS)."""
@@ -62,20 +54,10 @@ class VllmDrafter:
             "return_tokens_as_token_ids": True,
             "stream": False,
         }
-        try:
-            # A shared session may carry another timeout: pass ours per call so a stuck drafter
-            # costs at most timeout_s before the request goes on without it.
-            async with self._client().post(self.url, json=body, timeout=self.timeout) as response:
-                content = await response.read()
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise DraftFailed(f"draft call failed: {type(err).__name__}: {err}") from err
-        if status != 200:
-            raise DraftFailed(f"draft call answered {status}: {_error_detail(content)}")
-        try:
-            decoded = msgspec.json.decode(content)
-        except msgspec.DecodeError as err:
-            raise DraftFailed(f"draft answer is not JSON: {err}") from err
+        # A shared session may carry another timeout: pass ours per call so a stuck drafter costs at most
+        # timeout_s before the request goes on without it.
+        decoded = await post_json(self._client(), self.url, body, failure=DraftFailed, what="draft call",
+                                  detail=_error_detail, limits=self.timeout)
         choices = decoded.get("choices") if isinstance(decoded, dict) else None
         if not isinstance(choices, list) or not choices:
             raise DraftFailed("draft answer has no choices")
@@ -88,9 +70,3 @@ class VllmDrafter:
             # text cannot be turned back into ids without re-tokenizing it.
             raise DraftFailed("draft answer carries text but no token ids (logprobs unsupported?)")
         return tokens[:k]
-
-    async def aclose(self) -> None:
-        """Close the HTTP session if this drafter created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -17,6 +17,7 @@ import aiohttp
 import msgspec
 
 from gateway.speculative.interfaces import TargetFailed, Verification
+from gateway.speculative.pooled_http import SessionClient, post_json
 from gateway.speculative.verify import PromptLogprobsEntry, vllm_batched_prefix_argmax, vllm_prompt_logprobs_argmax
 
 _TOKEN_PREFIX = "token_id:"
@@ -54,7 +55,7 @@ def _error_detail(body: bytes) -> str:
     return str(message) if message else body[:200].decode("utf-8", "replace")
 
 
-class VllmTokenTarget:
+class VllmTokenTarget(SessionClient):
     """`Target` over a vLLM-compatible /v1/completions with token-id prompts (V-B verification).
 
     `base_url` is the server's root (…/v1 is appended); `session` may be shared between requests (it
@@ -65,6 +66,8 @@ class VllmTokenTarget:
     """
 
     name = "vllm"
+    # The message of the server's error body (trtllm-serve words it differently).
+    describe_error = staticmethod(_error_detail)
 
     def __init__(
         self,
@@ -83,19 +86,11 @@ class VllmTokenTarget:
         # prefixes. vLLM recomputes the whole prompt for such a request (no prefix cache), so only short
         # contexts gain; 0 keeps V-B always.
         self.prompt_logprobs_below = prompt_logprobs_below
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._own_session = session is None
+        super().__init__(session, timeout_s)
         # With no stop strings sent, finish_reason "stop" can only mean the last token ended the
         # sequence (EOS or another end-of-turn id): learned from the answers, see `_learn_end`.
         self.eos_ids: set[int] = set()
-        # Verify calls are latency-critical and sequential per request: one session keeps connections alive.
-        self._session = session
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily: a ClientSession must be created inside the running event loop.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        return self._session
 
     def _body(self, prompt: list[int] | list[list[int]], max_tokens: int, *, stream: bool) -> dict[str, Any]:
         return {
@@ -110,18 +105,8 @@ class VllmTokenTarget:
 
     async def _post_verify(self, body: dict[str, Any]) -> list[Any]:
         """POST one verify call; the answer's choices (raises `TargetFailed`)."""
-        try:
-            async with self._client().post(self.url, json=body) as response:
-                content = await response.read()
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError) as err:
-            raise TargetFailed(f"verify call failed: {type(err).__name__}: {err}") from err
-        if status != 200:
-            raise TargetFailed(f"verify call answered {status}: {_error_detail(content)}")
-        try:
-            decoded = msgspec.json.decode(content)
-        except msgspec.DecodeError as err:
-            raise TargetFailed(f"verify answer is not JSON: {err}") from err
+        decoded = await post_json(self._client(), self.url, body, failure=TargetFailed, what="verify call",
+                                  detail=self.describe_error)
         choices = decoded.get("choices") if isinstance(decoded, dict) else None
         if not isinstance(choices, list):
             raise TargetFailed("verify answer has no choices")
@@ -142,8 +127,7 @@ class VllmTokenTarget:
             index = choice.get("index") if isinstance(choice, dict) else None
             if not isinstance(index, int):
                 raise TargetFailed("a verify choice has no index")
-            by_index[index] = _choice_tokens(choice)
-            self._learn_end(choice, by_index[index])
+            by_index[index] = self._read_choice(choice)
         picks: list[int] = []
         for j in range(len(prompts)):
             tokens = by_index.get(j)
@@ -159,7 +143,7 @@ class VllmTokenTarget:
             async with self._client().post(self.url, json=body) as response:
                 if response.status != 200:
                     raise TargetFailed(
-                        f"generate call answered {response.status}: {_error_detail(await response.read())}"
+                        f"generate call answered {response.status}: {self.describe_error(await response.read())}"
                     )
                 async for raw in response.content:
                     line = raw.decode("utf-8", "replace").strip()
@@ -177,9 +161,7 @@ class VllmTokenTarget:
                     if "error" in chunk:
                         raise TargetFailed(f"target stream failed: {chunk['error']}")
                     for choice in chunk.get("choices") or ():
-                        tokens = _choice_tokens(choice)
-                        self._learn_end(choice, tokens)
-                        for token in tokens:
+                        for token in self._read_choice(choice):
                             yield token
         except (TimeoutError, aiohttp.ClientError) as err:
             raise TargetFailed(f"generate call failed: {type(err).__name__}: {err}") from err
@@ -203,15 +185,16 @@ class VllmTokenTarget:
         entries = [_prompt_logprobs_entry(position) for position in raw]
         return vllm_prompt_logprobs_argmax(entries, len(committed), draft, tokens[0] if tokens else None)
 
+    def _read_choice(self, choice: Any) -> list[int]:
+        """The ids of one answer choice (or stream chunk choice), learning an end token on the way."""
+        tokens = _choice_tokens(choice)
+        self._learn_end(choice, tokens)
+        return tokens
+
     def _learn_end(self, choice: dict[str, Any], tokens: list[int]) -> None:
         if tokens and choice.get("finish_reason") == "stop" and not isinstance(choice.get("stop_reason"), str):
             self.eos_ids.add(tokens[-1])
 
-    async def aclose(self) -> None:
-        """Close the HTTP session if this target created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 def _prompt_logprobs_entry(position: Any) -> PromptLogprobsEntry | None:
