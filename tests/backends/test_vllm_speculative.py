@@ -13,6 +13,7 @@ from vllm_server import VLLM_MODEL, VLLMServer, vllm_server  # noqa: F401
 
 from gateway.speculative.coordinator import SpeculativeDecoder
 from gateway.speculative.ngram import NgramDrafter
+from gateway.speculative.vllm_draft import VllmDrafter
 from gateway.speculative.vllm_target import VllmTokenTarget
 
 # Input-grounded prompts (the answer repeats the text), where prompt lookup drafts well.
@@ -87,6 +88,26 @@ async def test_prompt_logprobs_verification_agrees_with_the_batched_one_on_the_r
     finally:
         await batched.aclose()
         await single.aclose()
+
+
+async def test_the_real_server_as_its_own_drafter_is_exact_and_fully_accepted(
+    vllm_server: VLLMServer,  # noqa: F811
+) -> None:
+    """VllmDrafter on a real vLLM: the same model drafting for itself, so every draft is the target's own
+    greedy continuation (acceptance ~1: a decode step and a batched prefill may round a near-tie apart) and
+    the output is the target-alone output."""
+    target = VllmTokenTarget(vllm_server.url, VLLM_MODEL)
+    drafter = VllmDrafter(vllm_server.url, VLLM_MODEL)
+    try:
+        ids = token_ids(vllm_server, PROMPTS[1])
+        alone = [t async for t in target.generate(ids, 24)]
+        decoder = SpeculativeDecoder(drafter, target, choose_k=lambda: 4)
+        produced = [t async for event in decoder.run(ids, 24) for t in event.tokens]
+        assert produced == alone
+        assert decoder.drafted > 0 and decoder.accepted >= 0.9 * decoder.drafted, (decoder.accepted, decoder.drafted)
+    finally:
+        await target.aclose()
+        await drafter.aclose()
 
 
 def test_the_gateway_speculates_on_the_real_vllm_server_and_answers_what_it_alone_would(
