@@ -276,9 +276,11 @@ class OpenAIHandler:
         try:
             if ctx.stream:
                 await response.stream(send, headers)
+                if response.failed:
+                    self.state.metrics.observe_stream_error(ctx.route.model, target)
             else:
                 await response.whole(send, headers)
-            ok = True
+            ok = not response.failed
         except SpeculationFallback as fallback:
             log.warning("speculative pair %s: request %s decoded plainly (%s: %s)", pair.name,
                         ctx.request_id.decode(), fallback.reason, fallback)
@@ -292,6 +294,6 @@ class OpenAIHandler:
         if tap is not None:
             tap.finished_at = time.perf_counter()
             tap.first_token_at = tap.first_token_at or response.first_token_at
-            tap.ok = True
+            tap.ok = ok
             tap.input_tokens, tap.output_tokens = response.prompt_tokens, len(response.output)
         return target

@@ -8,9 +8,10 @@ decoder's counters travel in the `x-gateway-speculative` header (the whole count
 the pair only for a stream, whose headers leave first) and in an `x_speculative` field of the final
 chunk or the completion object.
 
-Until the first token is committed nothing has been sent, so a failure there (the target refusing
-token ids, the tokenizer away) raises `SpeculationFallback` and the handler serves the request
-plainly on the route; after it, a failure ends the stream with an SSE error event.
+Until the first token is streamed nothing has been sent, so a failure there (the target refusing
+token ids, the tokenizer away), or anywhere in a JSON answer, raises `SpeculationFallback` and the
+handler serves the request plainly on the route, from the start; a stream that fails after its first
+byte ends with an SSE error event (`failed`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class SpeculativeResponse:
         self.output: list[int] = []
         self.prompt_tokens = 0
         self.first_token_at: float | None = None
+        self.failed = False  # a stream that ended with an error event after its first byte
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
         return _event({
@@ -147,12 +149,14 @@ class SpeculativeResponse:
             try:
                 stopped, completion_tokens = await self._drain(first, events, text, emit)
             except (TargetFailed, TokenizerError) as err:
+                # Headers are gone: the stream ends with an error event, never a silent cut.
                 log.warning("speculative stream %s failed after its first byte: %s", self.request_id.decode(), err)
                 error = GatewayError(502, f"speculative decoding failed mid-stream: {err}", type="api_error",
                                      code="backend_error")
                 await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                raise
+                self.failed = True
+                return
         self.output = self.output[:completion_tokens]
         tail = self._chunk({}, self._finish_reason(stopped, limit), x_speculative=self.spec.stats())
         if self.include_usage:
@@ -175,9 +179,11 @@ class SpeculativeResponse:
             first = await self._first_event(events)
             try:
                 stopped, completion_tokens = await self._drain(first, events, text, emit)
-            except (TargetFailed, TokenizerError) as err:
-                raise GatewayError(502, f"speculative decoding failed: {err}", type="api_error",
-                                   code="backend_error") from err
+            except TargetFailed as err:
+                # Nothing was sent: the route answers the request plainly, from the start.
+                raise SpeculationFallback("target_failed", str(err)) from err
+            except TokenizerError as err:
+                raise SpeculationFallback("tokenizer_failed", str(err)) from err
         self.output = self.output[:completion_tokens]
         payload = {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.client_model,

@@ -6,7 +6,7 @@ the header and the final chunk's counters; requests that cannot speculate go pla
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,18 @@ import pytest
 from gateway_process import EmulatorProcess, running
 from litestar.testing import AsyncTestClient
 
+from gateway.api.speculative_serve import SpeculationFallback, SpeculativeResponse
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.plugins import load_backend_registry
+from gateway.speculative.adaptive_k import AdaptiveK, SpeculationPrior
+from gateway.speculative.coordinator import SpeculativeDecoder
+from gateway.speculative.pair import RequestSpeculation
 from gateway.speculative.vllm_target import VllmTokenTarget
 from gateway.state import GatewayState
 
 from .conftest import GatewayUnderTest
+from .speculative_emulators import EmulatedTarget, PerfectDrafter, markov_next_token
 
 
 class Answer:
@@ -235,3 +240,56 @@ async def test_short_contexts_verified_with_prompt_logprobs_give_the_same_answer
                                                       "max_tokens": 50})).content)
         assert answer["x_speculative"]["accepted"] > 0
         assert answer["choices"][0]["message"]["content"] == (await target_alone(emulator, GROUNDED, 50))[1]
+
+
+class _IdsCodec:
+    """A stand-in tokenizer for SpeculativeResponse alone: the chat is [1, 2, 3]; id n reads " t<n>"."""
+
+    async def render_chat(self, messages: list[Any]) -> list[int]:
+        return [1, 2, 3]
+
+    async def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        return "".join(f" t{i}" for i in ids)
+
+
+class _Pair:
+    name = "perfect->emulated"
+    codec = _IdsCodec()
+
+
+def _response(fail_on_call: int | None) -> SpeculativeResponse:
+    next_token = markov_next_token([(7 * i + 3) % 11 + 20 for i in range(40 * 40)], 40)
+    target = EmulatedTarget(next_token, fail_on_call=fail_on_call)
+    decoder = SpeculativeDecoder(PerfectDrafter(next_token), target, choose_k=lambda: 3)
+    spec = RequestSpeculation(_Pair(), decoder, AdaptiveK(SpeculationPrior(0.025, 0.004, 0.0005)), {}, "t")  # type: ignore[arg-type]
+    return SpeculativeResponse(_Pair(), spec, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 40},  # type: ignore[arg-type]
+                               client_model="m", request_id=b"req-1", include_usage=False)
+
+
+async def test_a_target_failing_mid_stream_ends_it_with_an_error_event() -> None:
+    response = _response(fail_on_call=3)  # two rounds go out, the third verify fails
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await response.stream(send, [])
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+    assert response.failed and sent[0]["status"] == 200
+    assert body.count('"content":" t') == 2  # the two verified rounds, one chunk each
+    assert body.rstrip().endswith("}") and "speculative decoding failed mid-stream" in body.splitlines()[-2]
+    assert "[DONE]" not in body and sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_a_target_failing_in_a_json_answer_hands_the_request_back_to_the_route() -> None:
+    response = _response(fail_on_call=2)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing may be sent before the plain path answers")
+
+    with pytest.raises(SpeculationFallback) as fallback:
+        await response.whole(send, [])
+    assert fallback.value.reason == "target_failed"
