@@ -213,9 +213,9 @@ class OpenAIHandler:
         if tap is not None:
             tap.dispatched = True
         if ctx.pair is not None:
-            served = await self._serve_speculative(ctx, ctx.pair, send, extra)
-            if served is not None:
-                return served
+            speculated = await self._serve_speculative(ctx, ctx.pair, send, extra)
+            if speculated is not None:
+                return speculated
         if ctx.stream:
             result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
             state.metrics.observe_decision(route.model, result.backend.name, policy.name)

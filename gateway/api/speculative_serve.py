@@ -60,7 +60,9 @@ class SpeculativeResponse:
 
     def __init__(self, pair: SpeculativePair, spec: RequestSpeculation, body: dict[str, Any], *,
                  client_model: str, request_id: bytes, include_usage: bool) -> None:
+        assert pair.codec is not None, "a pair hands out requests only once its clients are built"
         self.pair = pair
+        self.codec = pair.codec
         self.spec = spec
         self.body = body
         self.client_model = client_model
@@ -91,7 +93,7 @@ class SpeculativeResponse:
 
     async def _prompt(self) -> list[int]:
         try:
-            return await self.pair.codec.render_chat(self.body["messages"])
+            return await self.codec.render_chat(self.body["messages"])
         except TokenizerError as err:
             raise SpeculationFallback("tokenizer_failed", str(err)) from err
 
@@ -107,7 +109,7 @@ class SpeculativeResponse:
     def _start(self) -> tuple[int, IncrementalText]:
         """The request's token limit, and its text stream (stop strings held back)."""
         limit = max_new_tokens(self.body, DEFAULT_MAX_TOKENS)
-        text = IncrementalText(self.pair.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
+        text = IncrementalText(self.codec, self.spec.decoder.eos_ids, stop_strings(self.body))
         return limit, text
 
     async def _drain(self, first: CommitEvent | None, events: AsyncIterator[CommitEvent], text: IncrementalText,

@@ -10,12 +10,11 @@ draft backend's: the probe checks that their ids agree.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import aiohttp
 
 from gateway.backend import Backend
-from gateway.speculative.codec import LlamaCppCodec, VllmCodec
+from gateway.speculative.codec import ChatCodec, LlamaCppCodec, VllmCodec
 from gateway.speculative.interfaces import Drafter, Target
 from gateway.speculative.ngram import NgramDrafter
 from gateway.speculative.settings import NGRAM
@@ -65,7 +64,7 @@ def build_target(backend: Backend, session: aiohttp.ClientSession, eos_ids: Sequ
     return target
 
 
-def _codec_of(backend: Backend | None, session: aiohttp.ClientSession) -> Any:
+def _codec_of(backend: Backend | None, session: aiohttp.ClientSession) -> ChatCodec | None:
     if backend is None:
         return None
     if backend.plugin == "llamacpp":
@@ -75,7 +74,7 @@ def _codec_of(backend: Backend | None, session: aiohttp.ClientSession) -> Any:
     return None
 
 
-def build_codec(target: Backend, draft: Backend | None, session: aiohttp.ClientSession) -> Any:
+def build_codec(target: Backend, draft: Backend | None, session: aiohttp.ClientSession) -> ChatCodec:
     """The tokenizer the pair renders chats and detokenizes with: the target's, else the draft's."""
     codec = _codec_of(target, session) or _codec_of(draft, session)
     if codec is None:
@@ -83,7 +82,7 @@ def build_codec(target: Backend, draft: Backend | None, session: aiohttp.ClientS
     return codec
 
 
-def build_drafter_factory(draft: str, backend: Backend | None, codec: Any,
+def build_drafter_factory(draft: str, backend: Backend | None, codec: ChatCodec,
                           session: aiohttp.ClientSession) -> DrafterFactory:
     """Makes one request's drafter, given the context sequences (recent responses) to draft from."""
     if draft == NGRAM or backend is None:

@@ -96,3 +96,7 @@ class VllmCodec(_HttpCodec):
     async def detokenize(self, ids: Sequence[int]) -> str:
         body = {"model": self.model, "tokens": list(ids)}
         return self._text(await self._post("/detokenize", body), "prompt", "/detokenize")
+
+
+# A target's tokenizer with its chat template: what a speculative pair renders requests with.
+ChatCodec = LlamaCppCodec | VllmCodec

@@ -26,6 +26,7 @@ import aiohttp
 from gateway.backend import Backend
 from gateway.speculative.adaptive_k import AdaptiveK, AdaptiveKConfig, SpeculationPrior
 from gateway.speculative.backends import build_codec, build_drafter_factory, build_target
+from gateway.speculative.codec import ChatCodec
 from gateway.speculative.coordinator import SpeculativeDecoder
 from gateway.speculative.interfaces import Drafter, RoundResult, Target, Verification
 from gateway.speculative.ngram import RecentResponses
@@ -138,7 +139,7 @@ class SpeculativePair:
         self.totals = PairTotals()
         self._session: aiohttp.ClientSession | None = None
         self.target: Target | None = None
-        self.codec: Any = None
+        self.codec: ChatCodec | None = None
         self._make_drafter: Callable[[Sequence[Sequence[int]]], Drafter] | None = None
         self._recent: OrderedDict[str, RecentResponses] = OrderedDict()
         self._prior = self._initial_prior()
@@ -179,9 +180,7 @@ class SpeculativePair:
             await self.probe()
 
     async def aclose(self) -> None:
-        for closer in (getattr(self.target, "aclose", None),):
-            if closer is not None:
-                await closer()
+        """Close the pair's HTTP session (its clients share it and close nothing of their own)."""
         if self._session is not None:
             await self._session.close()
             self._session = None
