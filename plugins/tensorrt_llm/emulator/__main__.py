@@ -12,7 +12,7 @@ from plugins.tensorrt_llm.emulator.serve_tokens import ServeTokenCompletions
 from plugins.tensorrt_llm.emulator.triton import TritonEmulator
 from plugins.tensorrt_llm.emulator.triton_tokens import TritonTokenModel
 from plugins.tensorrt_llm.emulator.trtllm_serve import TrtllmServeEmulator
-from plugins.vllm.emulator.app import knob_routes
+from plugins.vllm.emulator.token_completions import knob_routes
 from plugins.vllm.emulator.token_model import TokenKnobs
 
 
