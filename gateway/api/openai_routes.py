@@ -273,6 +273,10 @@ class OpenAIHandler:
         headers = [(b"x-gateway-backend", target.encode()), (b"x-gateway-route-reason", b"speculative"),
                    (b"x-request-id", ctx.request_id), *extra]
         ok = False
+        # The target's in-flight count includes speculative requests (load-aware policies read it); their
+        # latencies stay out of its samples, which describe plain requests.
+        stats = self.state.routing.stats
+        stats.started(target)
         try:
             if ctx.stream:
                 await response.stream(send, headers)
@@ -287,6 +291,7 @@ class OpenAIHandler:
             pair.plain(fallback.reason)
             return None
         finally:
+            stats.finished(target, ok=None, e2e_s=0.0, ttft_s=None, output_tokens=None)
             if ok or response.output:
                 pair.finish(spec, response.output, ok)
         ctx.watch.finish()

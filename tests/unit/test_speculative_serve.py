@@ -109,6 +109,7 @@ async def test_whole_answer_is_the_target_alone_output_with_fewer_target_calls(g
     assert body["usage"]["completion_tokens"] == len(ids)
     spec = body["x_speculative"]
     assert spec["accepted"] > 0 and spec["target_calls"] < len(ids), spec
+    assert gw.state.routing.stats.get("big").in_flight == 0  # counted while it ran, released after
     header = answer.headers["x-gateway-speculative"]
     assert f"accepted={spec['accepted']}" in header and "pair=ngram->big" in header
     assert answer.headers["x-gateway-backend"] == "big"
