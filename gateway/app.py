@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import ASGIRouteHandler, asgi
 
 from gateway.api.asgi_io import Receive, Scope, Send
+from gateway.api.auth_guard import auth_guard
 from gateway.api.experiment_routes import ROUTES as EXPERIMENT_ROUTES
 from gateway.api.openai_routes import OpenAIHandler
 from gateway.api.ops_routes import ROUTES
@@ -75,6 +76,7 @@ def create_app(state: GatewayState, *, tune_gc: bool = True) -> Litestar:
         route_handlers=[*ROUTES, *EXPERIMENT_ROUTES, *handlers],
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
+        before_request=auth_guard,
         openapi_config=None,
         debug=False,
     )

@@ -102,6 +102,38 @@ def _admin_url(config: GatewayConfig, path: str = "/admin/backends") -> str:
     return f"http://{host}:{config.server.port}{path}"
 
 
+def admin_request(url: str, method: str = "GET") -> Any:
+    """A request to the running gateway's admin API, with `$GATEWAY_ADMIN_KEY` as its bearer key when set
+    (a gateway with `auth` configured answers /admin/* only to an admin key)."""
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method)
+    key = os.environ.get("GATEWAY_ADMIN_KEY")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    return request
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`keys new`: a fresh random key and its config lines; `keys hash`: a key's digest (read from stdin)."""
+    import secrets
+
+    from gateway.auth.keys import key_digest
+
+    if args.action == "hash":
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("error: give the key on standard input (echo -n \"$KEY\" | gateway keys hash)", file=sys.stderr)
+            return 1
+        print(key_digest(key))
+        return 0
+    key = "gw-" + secrets.token_urlsafe(32)
+    print(f"key (shown once; give it to the caller): {key}", file=sys.stderr)
+    name = args.name or "key"
+    print(f"    - {{name: {name}, sha256: {key_digest(key)}}}")
+    return 0
+
+
 def _fetch_report(url: str) -> dict[str, Any] | None:
     """The running gateway's report, or None when nothing answers there."""
     import urllib.error
@@ -110,7 +142,7 @@ def _fetch_report(url: str) -> dict[str, Any] | None:
     import msgspec
 
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        with urllib.request.urlopen(admin_request(url), timeout=2.0) as response:
             report: dict[str, Any] = msgspec.json.decode(response.read())
             return report
     except (urllib.error.URLError, OSError, msgspec.DecodeError):
@@ -142,7 +174,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(format_cache_stats(stats))
         return 0
     query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("tenant", args.tenant)) if v})
-    request = urllib.request.Request(url + (f"?{query}" if query else ""), method="DELETE")
+    request = admin_request(url + (f"?{query}" if query else ""), method="DELETE")
     try:
         with urllib.request.urlopen(request, timeout=60.0) as response:
             result = msgspec.json.decode(response.read())
@@ -169,7 +201,7 @@ def _admin_get(url: str) -> Any:
     import msgspec
 
     try:
-        with urllib.request.urlopen(url, timeout=10.0) as response:
+        with urllib.request.urlopen(admin_request(url), timeout=10.0) as response:
             return msgspec.json.decode(response.read())
     except urllib.error.HTTPError as err:
         body = err.read()
@@ -312,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--model", default=None, help="clear: only this route model's entries")
     cache.add_argument("--tenant", default=None, help="clear: only this tenant's entries (its metric label)")
     cache.set_defaults(func=cmd_cache)
+
+    keys = sub.add_parser("keys", help="API keys: make a new one (prints its config line), or hash one for the "
+                          "config (auth.keys[].sha256, auth.admin_keys)")
+    keys.add_argument("action", choices=("new", "hash"))
+    keys.add_argument("--name", default=None, help="new: the key's name in the printed config line")
+    keys.set_defaults(func=cmd_keys)
 
     experiments = sub.add_parser("experiments", help="A/B and shadow experiments of a running gateway")
     exp_sub = experiments.add_subparsers(dest="action", required=True)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from gateway.auth.settings import AuthConfig, auth_problems
 from gateway.cache.settings import CacheConfig, RouteCacheConfig, cache_problems, route_cache_problems
 from gateway.config_env import interpolate_env
 from gateway.experiments.settings import (
@@ -177,6 +178,8 @@ class GatewayConfig(_Strict):
     redis: RedisConfig | None = None
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     experiments: ExperimentsConfig = msgspec.field(default_factory=ExperimentsConfig)
+    # API keys and admin keys; without it the gateway serves anyone (the embedded default).
+    auth: AuthConfig | None = None
 
 
 class ConfigError(Exception):
@@ -304,6 +307,9 @@ def parse_config(
     redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
     cache = _convert(raw.get("cache", {}), CacheConfig, "cache", problems)
     experiments = _convert(raw.get("experiments", {}), ExperimentsConfig, "experiments", problems)
+    auth = _convert(raw["auth"], AuthConfig, "auth", problems) if raw.get("auth") is not None else None
+    if auth is not None:
+        problems.extend(auth_problems(auth))
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
@@ -367,7 +373,7 @@ def parse_config(
         raise ConfigError(problems, source)
     assert server is not None and routing is not None and cache is not None and experiments is not None
     return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, routing=routing,
-                         redis=redis, cache=cache, experiments=experiments)
+                         redis=redis, cache=cache, experiments=experiments, auth=auth)
 
 
 def _check_ranges(prefix: str, checks: Iterable[tuple[str, bool, str]], problems: list[str]) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from gateway.auth.keys import KeyRing
 from gateway.backend import Backend, BackendContext
 from gateway.cache.service import ResponseCache
 from gateway.config import GatewayConfig
@@ -42,6 +43,7 @@ class GatewayState:
         routing: RoutingState | None = None,
     ) -> None:
         self.config = config
+        self.auth = KeyRing(config.auth)
         self.upstream = upstream or make_upstream_client(config.server.upstream_client)
         context = BackendContext(upstream=self.upstream, config_dir=str(config_dir))
         self.backends: dict[str, Backend] = {}

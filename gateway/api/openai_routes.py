@@ -131,8 +131,12 @@ class OpenAIHandler:
         choice: ArmChoice | None = None
         mirror: ShadowRun | None = None
         try:
+            # Checked before the body is read: an unknown caller costs nothing more.
+            key = state.auth.authenticate(meta.authorization) if state.auth.enabled else None
             body = await read_body(receive, state.config.server.max_body_bytes, meta.content_length)
             data, request = decode_request(self.kind, body)
+            if key is not None:
+                state.auth.authorize_model(key, request.model)
             route = state.routes.lookup(request.model)
             if route is None:
                 raise model_not_found(request.model)
@@ -148,7 +152,8 @@ class OpenAIHandler:
                     variant = f"{choice.experiment}={choice.arm}"
                     state.experiments.assigned(choice, request_id, tenant)
             policy = state.dispatcher.policy_for(route, meta.policy_name())
-            features = RequestFeatures(self.kind, data, self.tenants(meta.authorization))
+            tenant_label = key.tenant if key is not None else self.tenants(meta.authorization)
+            features = RequestFeatures(self.kind, data, tenant_label)
             watch = DisconnectWatch(receive)
             # Keyed by the client's model: an exact route's own name, and for a glob route the model
             # it was matched by (one glob serves many models, which must not share entries). An

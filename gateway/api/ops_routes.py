@@ -47,7 +47,11 @@ def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/v1/models", sync_to_thread=False)
 def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The model names clients can ask for (routes' names; backends' models behind globs)."""
-    models = ModelList(data=[ModelCard(id=name) for name in _state(request).routes.model_names()])
+    names = _state(request).routes.model_names()
+    key = getattr(request.state, "api_key", None)  # set by the auth guard: list what this key may call
+    if key is not None:
+        names = [name for name in names if key.allows(name)]
+    models = ModelList(data=[ModelCard(id=name) for name in names])
     return Response(msgspec.json.encode(models), media_type="application/json")
 
 
