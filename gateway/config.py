@@ -9,11 +9,9 @@ items (a route naming a backend) and plugin-specific checks are done afterwards.
 from __future__ import annotations
 
 import os
-import re
-import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import msgspec
@@ -22,6 +20,7 @@ import yaml
 from gateway.auth.settings import AuthConfig, auth_problems
 from gateway.cache.settings import CacheConfig, RouteCacheConfig, cache_problems, route_cache_problems
 from gateway.config_env import interpolate_env
+from gateway.config_structs import convert_section
 from gateway.experiments.settings import (
     ExperimentConfig,
     ExperimentsConfig,
@@ -194,74 +193,6 @@ class ConfigError(Exception):
 # A plugin-specific validator: given a backend's config, returns problems as (subpath, message).
 BackendValidator = Callable[[BackendConfig], Iterable[tuple[str, str]]]
 
-_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _join(path: str, key: str) -> str:
-    if not key:
-        return path
-    return f"{path}.{key}" if path else key
-
-
-def _describe(err: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
-    """msgspec's `Expected int, got str - at $.port` as (`server.port`, `expected int, got str`)."""
-    match = _MSGSPEC_PATH.match(str(err))
-    assert match is not None
-    message, sub = match.group("msg"), match.group("path") or ""
-    path = prefix + sub if sub.startswith("[") else _join(prefix, sub.lstrip("."))
-    if message.startswith("Object contains unknown field"):
-        return _join(path, message.split("`")[1]), "unknown key"
-    if message.startswith("Object missing required field"):
-        return _join(path, message.split("`")[1]), "required key is missing"
-    message = message.replace("`", "")
-    return path, message[0].lower() + message[1:]
-
-
-def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
-    """The Struct class inside `S` or `S | None`, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
-        return annotation
-    if isinstance(annotation, types.UnionType) or get_origin(annotation) is Union:
-        structs = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, msgspec.Struct)]
-        return structs[0] if len(structs) == 1 else None
-    return None
-
-
-def check_struct(raw: Any, kind: type[msgspec.Struct], path: str = "") -> list[tuple[str, str]]:
-    """Every problem of `raw` as a `kind`, as (key path, message): unknown keys, missing keys,
-    and a type error per field, recursing into nested sections, rather than msgspec's first."""
-    if not isinstance(raw, dict):
-        return [(path or "<root>", f"expected a mapping, got {type(raw).__name__}")]
-    fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
-    problems = [(_join(path, str(key)), "unknown key") for key in raw if key not in fields]
-    for name, field in fields.items():
-        sub = _join(path, name)
-        if name not in raw:
-            if field.required:
-                problems.append((sub, "required key is missing"))
-            continue
-        nested = _struct_in(field.type)
-        if nested is not None and isinstance(raw[name], dict):
-            problems.extend(check_struct(raw[name], nested, sub))
-            continue
-        try:
-            msgspec.convert(raw[name], field.type, strict=False)
-        except msgspec.ValidationError as err:
-            where, message = _describe(err, sub)
-            if get_origin(field.type) is Literal:  # name the choices, not only the bad value
-                message += f" (expected one of: {', '.join(map(str, get_args(field.type)))})"
-            problems.append((where, message))
-    return problems
-
-
-def _convert(raw: Any, kind: type[Any], prefix: str, problems: list[str]) -> Any:
-    found = check_struct(raw, kind, prefix)
-    if found:
-        problems.extend(f"{path}: {message}" for path, message in found)
-        return None
-    return msgspec.convert(raw, kind, strict=False)
-
-
 def _check_url(url: str | None) -> str | None:
     if url is None:
         return None
@@ -302,25 +233,25 @@ def parse_config(
         elif not isinstance(raw[key], list):
             problems.append(f"{key}: expected a list")
 
-    server = _convert(raw.get("server", {}), ServerConfig, "server", problems)
-    routing = _convert(raw.get("routing", {}), RoutingConfig, "routing", problems)
-    redis = _convert(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
-    cache = _convert(raw.get("cache", {}), CacheConfig, "cache", problems)
-    experiments = _convert(raw.get("experiments", {}), ExperimentsConfig, "experiments", problems)
-    auth = _convert(raw["auth"], AuthConfig, "auth", problems) if raw.get("auth") is not None else None
+    server = convert_section(raw.get("server", {}), ServerConfig, "server", problems)
+    routing = convert_section(raw.get("routing", {}), RoutingConfig, "routing", problems)
+    redis = convert_section(raw["redis"], RedisConfig, "redis", problems) if raw.get("redis") is not None else None
+    cache = convert_section(raw.get("cache", {}), CacheConfig, "cache", problems)
+    experiments = convert_section(raw.get("experiments", {}), ExperimentsConfig, "experiments", problems)
+    auth = convert_section(raw["auth"], AuthConfig, "auth", problems) if raw.get("auth") is not None else None
     if auth is not None:
         problems.extend(auth_problems(auth))
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
-        backend = _convert(item, BackendConfig, f"backends[{i}]", problems)
+        backend = convert_section(item, BackendConfig, f"backends[{i}]", problems)
         if backend is not None:
             backend_at.append((i, backend))
             _check_backend(i, backend, problems, validators)
     routes: list[RouteConfig] = []
     raw_routes: list[Any] = raw["routes"] if isinstance(raw.get("routes"), list) else []
     for i, item in enumerate(raw_routes):
-        route = _convert(item, RouteConfig, f"routes[{i}]", problems)
+        route = convert_section(item, RouteConfig, f"routes[{i}]", problems)
         if route is not None:
             routes.append(route)
             _check_route(i, route, problems)

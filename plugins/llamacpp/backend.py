@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from gateway.backend import BackendContext, BackendLoad, BackendUnavailable, Capabilities
-from gateway.config import BackendConfig, check_struct
+from gateway.config import BackendConfig
+from gateway.config_structs import check_struct
 from gateway.errors import unsupported_parameter
 from gateway.schemas import RequestKind
 from gateway.upstream import UpstreamError

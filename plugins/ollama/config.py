@@ -7,7 +7,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import BackendConfig, check_struct
+from gateway.config import BackendConfig
+from gateway.config_structs import check_struct
 from plugins.ollama.duration import DurationError, keep_alive_seconds
 from plugins.ollama.model_options import OPTION_KINDS, option_error
 

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import msgspec
 
 from gateway.backend import BackendContext, BackendLoad, Capabilities
-from gateway.config import BackendConfig, check_struct
+from gateway.config import BackendConfig
+from gateway.config_structs import check_struct
 from gateway.errors import GatewayError, backend_failed
 from gateway.schemas import (
     OPENAI_CHAT_PARAMS,

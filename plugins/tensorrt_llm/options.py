@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.config import check_struct
+from gateway.config_structs import check_struct
 from plugins.openai_compat.backend import OpenAICompatOptions
 
 Mode = Literal["trtllm_serve", "triton"]

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import msgspec
 
 from gateway.backend import BackendContext, BackendLoad, BackendUnavailable, Capabilities
-from gateway.config import BackendConfig, check_struct
+from gateway.config import BackendConfig
+from gateway.config_structs import check_struct
 from gateway.errors import GatewayError, backend_failed, unsupported_parameter
 from gateway.schemas import OPENAI_CHAT_PARAMS, OPENAI_COMPLETION_PARAMS, RequestKind
 from gateway.upstream import UpstreamError
