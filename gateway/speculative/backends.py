@@ -64,7 +64,8 @@ def build_target(backend: Backend, session: aiohttp.ClientSession, eos_ids: Sequ
     return target
 
 
-def _codec_of(backend: Backend | None, session: aiohttp.ClientSession) -> ChatCodec | None:
+def codec_of(backend: Backend | None, session: aiohttp.ClientSession) -> ChatCodec | None:
+    """The tokenizer of a llama.cpp or vLLM backend's server (None for other plugins)."""
     if backend is None:
         return None
     if backend.plugin == "llamacpp":
@@ -76,7 +77,7 @@ def _codec_of(backend: Backend | None, session: aiohttp.ClientSession) -> ChatCo
 
 def build_codec(target: Backend, draft: Backend | None, session: aiohttp.ClientSession) -> ChatCodec:
     """The tokenizer the pair renders chats and detokenizes with: the target's, else the draft's."""
-    codec = _codec_of(target, session) or _codec_of(draft, session)
+    codec = codec_of(target, session) or codec_of(draft, session)
     if codec is None:
         raise ValueError(f"no tokenizer for target '{target.name}': pair it with a llamacpp or vllm draft backend")
     return codec

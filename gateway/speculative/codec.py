@@ -67,8 +67,8 @@ class LlamaCppCodec(_HttpCodec):
         body = {"content": rendered, "add_special": True, "parse_special": True}
         return self._ids(await self._post("/tokenize", body), "tokens", "/tokenize")
 
-    async def tokenize(self, text: str) -> list[int]:
-        body = {"content": text, "add_special": False, "parse_special": True}
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        body = {"content": text, "add_special": add_special, "parse_special": True}
         return self._ids(await self._post("/tokenize", body), "tokens", "/tokenize")
 
     async def detokenize(self, ids: Sequence[int]) -> str:
@@ -89,8 +89,8 @@ class VllmCodec(_HttpCodec):
                 "add_special_tokens": False}
         return self._ids(await self._post("/tokenize", body), "tokens", "/tokenize")
 
-    async def tokenize(self, text: str) -> list[int]:
-        body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        body = {"model": self.model, "prompt": text, "add_special_tokens": add_special}
         return self._ids(await self._post("/tokenize", body), "tokens", "/tokenize")
 
     async def detokenize(self, ids: Sequence[int]) -> str:

@@ -15,8 +15,8 @@ from gateway.schemas import RequestKind
 # committed ids cannot reproduce: penalties count earlier output tokens (which become prompt tokens
 # in a verify call), grammars restart at the new prompt boundary.
 _PENALTIES = (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1))
-_GRAMMARS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-             "structured_outputs", "grammar", "json_schema")
+_GRAMMARS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "grammar",
+             "json_schema")
 
 
 def plain_reason(kind: RequestKind, body: dict[str, Any]) -> str | None:
@@ -37,7 +37,7 @@ def plain_reason(kind: RequestKind, body: dict[str, Any]) -> str | None:
             return "penalties"
     if body.get("logit_bias"):
         return "penalties"
-    if any(body.get(name) not in (None, {}, "") for name in _GRAMMARS if name != "response_format"):
+    if any(body.get(name) not in (None, {}, "") for name in _GRAMMARS):
         return "grammar"
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):

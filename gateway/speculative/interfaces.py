@@ -77,8 +77,9 @@ class TokenCodec(Protocol):
     Every method raises `TokenizerError` (gateway.speculative.probe) when the server cannot answer.
     """
 
-    async def tokenize(self, text: str) -> list[int]:
-        """`text` as target ids: special-token text (`<|im_end|>`) parsed as the special token, no BOS added."""
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """`text` as target ids: special-token text (`<|im_end|>`) parsed as the special token; BOS/EOS
+        only with `add_special` (the start-up probe compares what each side adds)."""
         ...
 
     async def detokenize(self, ids: Sequence[int]) -> str:

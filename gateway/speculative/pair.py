@@ -163,7 +163,7 @@ class SpeculativePair:
 
     async def probe(self) -> None:
         """Run the capability probe and set `state`/`reason` (never raises)."""
-        assert self.target is not None
+        assert self.target is not None and self.codec is not None and self._session is not None
         result = await probe_pair_capabilities(self.target, self.codec, self.draft_backend, self._session)
         self.probe_details = result.details
         self.retry_probe = result.unreachable

@@ -21,8 +21,10 @@ from typing import Any
 import aiohttp
 
 from gateway.backend import Backend
+from gateway.speculative.backends import codec_of
+from gateway.speculative.codec import ChatCodec
 from gateway.speculative.interfaces import Target, TargetFailed
-from gateway.speculative.probe import LlamaCppTokenizer, Tokenizer, TokenizerError, VllmTokenizer, probe_pair
+from gateway.speculative.probe import TokenizerError, probe_pair
 
 PROBE_MESSAGES = [{"role": "user", "content": "Count from one to five: one, two,"}]
 # Words in a failure that mean the server was not there (yet), not that it cannot do the job.
@@ -44,17 +46,8 @@ class PairProbeResult:
         return ", ".join(f"{k}={v}" for k, v in self.details.items() if k != "parity_reasons")
 
 
-def _tokenizer_of(backend: Backend) -> Tokenizer | None:
-    root = getattr(backend, "root", "")
-    if backend.plugin == "llamacpp":
-        return LlamaCppTokenizer(root, name=backend.name)
-    if backend.plugin == "vllm":
-        return VllmTokenizer(root, backend.config.model, name=backend.name)
-    return None
-
-
-async def probe_pair_capabilities(target: Target, codec: Any, draft: Backend | None,
-                                  session: aiohttp.ClientSession | None = None) -> PairProbeResult:
+async def probe_pair_capabilities(target: Target, codec: ChatCodec, draft: Backend | None,
+                                  session: aiohttp.ClientSession) -> PairProbeResult:
     """Probe the pair (see the module doc); `draft` is None for the n-gram drafter."""
     started = time.perf_counter()
     result = PairProbeResult(ok=True)
@@ -87,9 +80,9 @@ async def probe_pair_capabilities(target: Target, codec: Any, draft: Backend | N
     except TargetFailed as err:
         fail(f"the target does not decode from token-id prompts: {err}")
     if draft is not None:
-        draft_tokenizer, target_tokenizer = _tokenizer_of(draft), _codec_tokenizer(codec)
-        if draft_tokenizer is not None and target_tokenizer is not None:
-            parity = await probe_pair(draft_tokenizer, target_tokenizer)
+        draft_codec = codec_of(draft, session)
+        if draft_codec is not None:
+            parity = await probe_pair(draft_codec, codec)
             result.details["tokenizer_parity"] = parity.ok
             for reason in parity.reasons:
                 fail(f"draft/target tokenizers: {reason}")
@@ -99,24 +92,11 @@ async def probe_pair_capabilities(target: Target, codec: Any, draft: Backend | N
     return result
 
 
-def _codec_tokenizer(codec: Any) -> Tokenizer | None:
-    """The codec's server as a probe `Tokenizer` (same server, the probe's own calls)."""
-    name = getattr(codec, "name", "")
-    if name == "llamacpp":
-        return LlamaCppTokenizer(codec.base_url, name="target")
-    if name == "vllm":
-        return VllmTokenizer(codec.base_url, codec.model, name="target")
-    return None
-
-
-async def _bos_ids(codec: Any) -> set[int]:
+async def _bos_ids(codec: ChatCodec) -> set[int]:
     """The ids the tokenizer puts before a text when asked for special tokens (its BOS), if any."""
-    tokenizer = _codec_tokenizer(codec)
-    if tokenizer is None:
-        return set()
     try:
-        with_special = await tokenizer.tokenize("a", add_special=True)
-        plain = await tokenizer.tokenize("a", add_special=False)
+        with_special = await codec.tokenize("a", add_special=True)
+        plain = await codec.tokenize("a", add_special=False)
     except TokenizerError:
         return set()
     return set(with_special[: max(len(with_special) - len(plain), 0)])
