@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from gateway.api.request_record import RequestRecord
 from gateway.auth.keys import KeyRing
 from gateway.backend import Backend, BackendContext
 from gateway.cache.service import ResponseCache
@@ -77,9 +79,19 @@ class GatewayState:
             on_request=self.speculative_metrics.observe, interval_s=config.server.health_interval_s,
         )
         self.metrics.before_render = self._export_live_gauges
+        # What books each finished OpenAI request (metrics, access log, limits), in order.
+        self.request_sinks: list[Callable[[RequestRecord], None]] = []
         self.load_monitor = LoadMonitor(
             list(self.backends.values()), self.routing.stats, config.routing.stats.load_interval_s
         )
+
+    def finish_request(self, record: RequestRecord) -> None:
+        """Book one finished request with every sink; a failing sink is logged, never the request's problem."""
+        for sink in self.request_sinks:
+            try:
+                sink(record)
+            except Exception:
+                log.exception("booking request %s failed in %r", record.request_id.decode(), sink)
 
     def _export_live_gauges(self) -> None:
         """Breaker states and in-flight counts, read from the routing state at scrape time."""

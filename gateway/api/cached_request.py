@@ -21,6 +21,7 @@ from gateway.api.asgi_io import Send, send_bytes
 from gateway.api.cache_send import CacheSend
 from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
+from gateway.api.request_record import RequestRecord
 from gateway.api.stream_relay import SSE_HEADERS
 from gateway.cache.entry import CacheEntry
 from gateway.cache.flight import Flight, FlightFailed
@@ -68,6 +69,7 @@ class CachedRequest:
         request_id: bytes,
         watch: DisconnectWatch,
         estimated_prompt_tokens: int,
+        record: RequestRecord | None = None,
     ) -> None:
         self.cache = cache
         self.plan = plan
@@ -80,6 +82,12 @@ class CachedRequest:
         self.request_id = request_id
         self.watch = watch
         self.estimated_prompt_tokens = estimated_prompt_tokens
+        self.record = record
+
+    def _count(self, result: str) -> None:
+        self.cache.count(self.route_name, result)
+        if self.record is not None:
+            self.record.cache = result
 
     async def serve(self, send: Send, serve_backend: ServeBackend) -> str:
         """Answer the request; the `backend` label for its metrics."""
@@ -87,14 +95,14 @@ class CachedRequest:
         if not plan.read:
             # `Cache-Control: no-cache` asks for a fresh answer: neither the store nor an identical
             # request in flight gives it one. The answer is still recorded (unless no-store).
-            cache.count(self.route_name, "miss")
+            self._count("miss")
             return await self._produce(send, Flight(plan.digest), None, serve_backend)
         for _ in range(_MAX_ROUNDS):
             if cache.remote is None:
                 # In-process store: a lookup is a dict access, cheaper than a flight for every hit.
                 entry = await cache.lookup(plan)
                 if entry is not None:
-                    cache.count(self.route_name, "hit")
+                    self._count("hit")
                     await self.send_entry(send, entry, b"hit")
                     return CACHE_LABEL
             flight, leads = cache.flights.join(plan.digest)
@@ -106,7 +114,7 @@ class CachedRequest:
             if served is not None:
                 return served
         # Leader after leader failed: stop coordinating and ask a backend directly (still recorded).
-        cache.count(self.route_name, "miss")
+        self._count("miss")
         return await self._produce(send, Flight(plan.digest), None, serve_backend)
 
     # -- leading -----------------------------------------------------------------------------
@@ -123,7 +131,7 @@ class CachedRequest:
                 if claimed.entry is not None:
                     flight.from_store = True
                     flight.complete(claimed.entry)  # identical requests already waiting here get it too
-                    cache.count(self.route_name, "hit")
+                    self._count("hit")
                     await self.send_entry(send, claimed.entry, b"hit")
                     return CACHE_LABEL
                 if claimed.follow:
@@ -131,7 +139,7 @@ class CachedRequest:
                     handed_over = True  # the task lands the flight when the other replica is done
                     return None
                 lead = claimed.lead
-            cache.count(self.route_name, "miss")
+            self._count("miss")
             return await self._produce(send, flight, lead, serve_backend)
         finally:
             if not handed_over:
@@ -211,13 +219,13 @@ class CachedRequest:
                                  type="api_error", code="upstream_stream_failed")
             await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
             await send(_END)
-            self.cache.count(self.route_name, "coalesced")
+            self._count("coalesced")
             return CACHE_LABEL
         done = flight.entry
         assert done is not None  # `follow` returns only once the flight completed
         if not started:  # the answer came whole (a body, or from the store): replay it as a stream
             return await self._send_whole(send, flight, done)
-        self.cache.count(self.route_name, "coalesced")
+        self._count("coalesced")
         await send({"type": "http.response.body", "body": self.rename(replay.end(done)), "more_body": True})
         await send(_END)
         return CACHE_LABEL
@@ -225,7 +233,7 @@ class CachedRequest:
     async def _send_whole(self, send: Send, flight: Flight, entry: CacheEntry) -> str:
         """A flight's complete answer: a hit when its leader found it stored, else coalesced."""
         result = "hit" if flight.from_store else "coalesced"
-        self.cache.count(self.route_name, result)
+        self._count(result)
         await self.send_entry(send, entry, result.encode())
         return CACHE_LABEL
 
@@ -241,6 +249,10 @@ class CachedRequest:
 
     async def send_entry(self, send: Send, entry: CacheEntry, status: bytes) -> None:
         """A stored (or just completed) answer, in the form this request asked for."""
+        record = self.record
+        if record is not None and entry.usage is not None:
+            # What the answer counted when it was made; its cost to this caller is nothing.
+            record.input_tokens, record.output_tokens = entry.usage.prompt_tokens, entry.usage.completion_tokens
         if not self.stream:
             start = self._start([_JSON], status, entry)
             await send_bytes(send, 200, self.rename(replay_body(entry)), start["headers"])  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from gateway.api.cached_request import CachedRequest
 from gateway.api.decode import decode_request
 from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
+from gateway.api.request_record import RequestRecord
 from gateway.api.speculative_serve import SpeculationFallback, SpeculativeResponse
 from gateway.api.stream_relay import StreamRelay
 from gateway.api.tenant import TenantNamer, cache_tenant
@@ -104,6 +105,7 @@ class _Context(NamedTuple):
     tap: ServeTap | None  # only on routes with an experiment or a shadow
     pair: SpeculativePair | None  # only on routes with a speculative pair (not inside an experiment's arm)
     include_usage: bool
+    record: RequestRecord
 
 
 _BYPASS = [(b"x-gateway-cache", b"bypass")]
@@ -125,6 +127,7 @@ class OpenAIHandler:
             await send_error(send, _NOT_POST, request_id)
             return
         state = self.state
+        record = RequestRecord(request_id, self.kind, started)
         route_name, backend_name, status = "", "", 200
         watch: DisconnectWatch | None = None
         tap: ServeTap | None = None
@@ -135,13 +138,15 @@ class OpenAIHandler:
             key = state.auth.authenticate(meta.authorization) if state.auth.enabled else None
             body = await read_body(receive, state.config.server.max_body_bytes, meta.content_length)
             data, request = decode_request(self.kind, body)
+            record.model = request.model
             if key is not None:
                 state.auth.authorize_model(key, request.model)
+                record.key_name = key.name
             route = state.routes.lookup(request.model)
             if route is None:
                 raise model_not_found(request.model)
-            route_name = route.model
-            stream = self.kind != "embedding" and bool(request.stream)
+            route_name = record.route = route.model
+            stream = record.stream = self.kind != "embedding" and bool(request.stream)
             tenant = cache_tenant(meta.authorization)
             variant: str | None = None
             experiments = state.experiments.for_route(route_name)
@@ -154,6 +159,7 @@ class OpenAIHandler:
             policy = state.dispatcher.policy_for(route, meta.policy_name())
             tenant_label = key.tenant if key is not None else self.tenants(meta.authorization)
             features = RequestFeatures(self.kind, data, tenant_label)
+            record.tenant = tenant_label
             watch = DisconnectWatch(receive)
             # Keyed by the client's model: an exact route's own name, and for a glob route the model
             # it was matched by (one glob serves many models, which must not share entries). An
@@ -173,15 +179,17 @@ class OpenAIHandler:
             # An arm's route carries its parent's config: only the route itself speculates.
             pair = state.speculative.get(route_name) if choice is None else None
             context = _Context(route, features, policy, request.model, request_id, started, stream, watch, tap,
-                               pair, include_usage)
+                               pair, include_usage, record)
             if plan is None:
                 state.cache.count(route_name, "bypass")
+                record.cache = "bypass"
                 backend_name = await self._serve_backend(context, send, _BYPASS)
             else:
                 cached = CachedRequest(
                     state.cache, plan, route.config.cache, route_name=route_name, kind=self.kind, stream=stream,
                     include_usage=include_usage, client_model=request.model,
                     request_id=request_id, watch=watch, estimated_prompt_tokens=features.input_tokens,
+                    record=record,
                 )
                 backend_name = await cached.serve(
                     send, lambda out, headers: self._serve_backend(context, out, headers)
@@ -206,7 +214,10 @@ class OpenAIHandler:
         finally:
             if watch is not None:
                 watch.finish()
-            state.metrics.observe_request(route_name, backend_name, status, time.perf_counter() - started)
+            record.status, record.backend = status, backend_name
+            record.finished_at = time.perf_counter()
+            state.metrics.observe_request(route_name, backend_name, status, record.finished_at - started)
+            state.finish_request(record)
             if tap is not None:
                 if status == 499:
                     tap.status = 499
@@ -224,7 +235,8 @@ class OpenAIHandler:
         if ctx.stream:
             result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
             state.metrics.observe_decision(route.model, result.backend.name, policy.name)
-            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started, tap=tap)
+            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started, tap=tap,
+                                record=ctx.record)
             await relay.run(send, result, ctx.request_id, ctx.watch, extra)
             return result.backend.name
         usage: list[Usage | None] = [None]
@@ -246,6 +258,12 @@ class OpenAIHandler:
                 counts.completion_tokens if counts is not None else 0,
             )
             state.metrics.observe_cost(route.model, backend.name, features.tenant, cost)
+        record = ctx.record
+        record.cost_usd = cost
+        if usage[0] is not None:
+            record.input_tokens, record.output_tokens = usage[0].prompt_tokens, usage[0].completion_tokens
+        else:
+            record.input_tokens = features.input_tokens
         if tap is not None:
             tap.finished_at = time.perf_counter()
             tap.ok = True
@@ -300,6 +318,10 @@ class OpenAIHandler:
             if ok or response.output:
                 pair.finish(spec, response.output, ok)
         ctx.watch.finish()
+        record = ctx.record
+        record.speculative = True
+        record.input_tokens, record.output_tokens = response.prompt_tokens, len(response.output)
+        record.first_token_at = response.first_token_at
         tap = ctx.tap
         if tap is not None:
             tap.finished_at = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from gateway.api.asgi_io import Send
 from gateway.api.disconnect import DisconnectWatch
 from gateway.api.model_rename import ModelRenamer
+from gateway.api.request_record import RequestRecord
 from gateway.api.usage import StreamTally
 from gateway.errors import GatewayError
 from gateway.experiments.tap import ServeTap
@@ -57,8 +58,10 @@ class StreamRelay:
         started: float,
         *,
         tap: ServeTap | None = None,
+        record: RequestRecord | None = None,
     ) -> None:
         self.state = state
+        self.record = record  # the request's outcome as booked at its end: tokens, cost, first token
         self.route = route
         self.kind = kind
         self.features = features
@@ -135,7 +138,7 @@ class StreamRelay:
         state, backend = self.state, result.backend
         tally = StreamTally(completions=self.kind == "completion")
         ttft_s: float | None = None
-        progress, rename, tap = self.progress, self.rename, self.tap
+        progress, rename, tap, record = self.progress, self.rename, self.tap, self.record
         # The tally's count, inlined: this runs once per batch of every stream.
         field, empty = (b'"text":"', b'"text":""') if tally.completions else (b'content":"', b'content":""')
         outcome: bool | None = None
@@ -158,6 +161,8 @@ class StreamRelay:
                 state.metrics.observe_ttft(self.route.model, backend.name, now - self.started)
                 if tap is not None and tap.first_token_at is None:
                     tap.first_token_at = now
+                if record is not None and record.first_token_at is None:
+                    record.first_token_at = now
             return rename(events)
 
         try:
@@ -189,6 +194,10 @@ class StreamRelay:
                 cost = request_cost_usd(backend.config, state.routing.stats.get(backend.name), prompt,
                                         tally.output_tokens)
                 state.metrics.observe_cost(self.route.model, backend.name, self.features.tenant, cost)
+            if record is not None:
+                record.output_tokens += tally.output_tokens
+                record.input_tokens = record.input_tokens or prompt
+                record.cost_usd += cost
             if tap is not None:
                 tap.finished_at = time.perf_counter()
                 tap.ok = outcome  # the last segment decides: a stream resumed elsewhere reached its end
