@@ -37,7 +37,13 @@ async def main() -> None:
     backend = next(iter(state.backends.values()))
     events = [chunk_event("tok") for _ in range(20)] + [DONE]
     backend.stream_factory = lambda: ScriptedStream(list(events))
-    handler = OpenAIHandler(state, "chat")
+    # Since hot reload the handler serves a LiveState (the state a reload swaps); a tree before it, the state.
+    import inspect
+    if "live" in inspect.signature(OpenAIHandler.__init__).parameters:
+        from gateway.ops.live_state import LiveState
+        handler = OpenAIHandler(LiveState(state), "chat")
+    else:
+        handler = OpenAIHandler(state, "chat")
     body = msgspec.json.encode({"model": config.routes[0].model.replace("*", "m"), "stream": mode == "stream",
                                 "messages": [{"role": "user", "content": "hello there"}]})
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",

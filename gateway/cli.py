@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli_admin import admin_url, cmd_cache, cmd_experiments, fetch_report, keys_admin
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.plugins import PluginError, load_backend_registry
 
@@ -61,8 +62,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
-    url = args.url or _admin_url(config)
-    report = _fetch_report(url)
+    url = args.url or admin_url(config)
+    report = fetch_report(url)
     if report is not None:
         from gateway.routing.report import format_table
 
@@ -92,34 +93,14 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_url(config: GatewayConfig, path: str = "/admin/backends") -> str:
-    """Where the gateway of `config` serves `path` (a wildcard host is reached on loopback)."""
-    host = config.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.server.port}{path}"
-
-
-def admin_request(url: str, method: str = "GET") -> Any:
-    """A request to the running gateway's admin API, with `$GATEWAY_ADMIN_KEY` as its bearer key when set
-    (a gateway with `auth` configured answers /admin/* only to an admin key)."""
-    import urllib.request
-
-    request = urllib.request.Request(url, method=method)
-    key = os.environ.get("GATEWAY_ADMIN_KEY")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    return request
-
-
 def cmd_keys(args: argparse.Namespace) -> int:
     """`keys new`: a fresh random key and its config lines; `keys hash`: a key's digest (read from stdin)."""
     import secrets
 
     from gateway.auth.keys import key_digest
 
+    if args.action in ("add", "revoke", "list"):
+        return keys_admin(args)
     if args.action == "hash":
         key = sys.stdin.readline().strip()
         if not key:
@@ -134,152 +115,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fetch_report(url: str) -> dict[str, Any] | None:
-    """The running gateway's report, or None when nothing answers there."""
-    import urllib.error
-    import urllib.request
-
-    import msgspec
-
-    try:
-        with urllib.request.urlopen(admin_request(url), timeout=2.0) as response:
-            report: dict[str, Any] = msgspec.json.decode(response.read())
-            return report
-    except (urllib.error.URLError, OSError, msgspec.DecodeError):
-        return None
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    """`cache stats`: the running gateway's cache table; `cache clear`: drop entries through it."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    import msgspec
-
-    try:
-        config = _load(args.config)
-    except (ConfigError, PluginError) as err:
-        print(err, file=sys.stderr)
-        return 1
-    url = args.url or _admin_url(config, "/admin/cache")
-    if args.action == "stats":
-        stats = _fetch_report(url)
-        if stats is None:
-            print(f"no gateway answering at {url}: start it, or pass --url", file=sys.stderr)
-            return 1
-        from gateway.cache.report import format_cache_stats
-
-        print(f"response cache of the gateway at {url}:")
-        print(format_cache_stats(stats))
-        return 0
-    query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("tenant", args.tenant)) if v})
-    request = admin_request(url + (f"?{query}" if query else ""), method="DELETE")
-    try:
-        with urllib.request.urlopen(request, timeout=60.0) as response:
-            result = msgspec.json.decode(response.read())
-    except urllib.error.HTTPError as err:
-        print(f"error: {err.code} {err.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as err:
-        print(f"no gateway answering at {url}: {err}", file=sys.stderr)
-        return 1
-    scope = " and ".join(f"{k} {v}" for k, v in (("model", args.model), ("tenant", args.tenant)) if v) or "all"
-    print(f"deleted {result['deleted']} cached answer(s) ({scope})")
-    return 0
-
-
-class _AdminError(Exception):
-    """A request to the gateway's admin API failed; the message says why, for the terminal."""
-
-
-def _admin_get(url: str) -> Any:
-    """GET `url` from the running gateway and decode its JSON; `_AdminError` when that fails."""
-    import urllib.error
-    import urllib.request
-
-    import msgspec
-
-    try:
-        with urllib.request.urlopen(admin_request(url), timeout=10.0) as response:
-            return msgspec.json.decode(response.read())
-    except urllib.error.HTTPError as err:
-        body = err.read()
-        try:
-            # An OpenAI-style error body: {"error": {"message": ...}}.
-            message = msgspec.json.decode(body)["error"]["message"]
-        except (msgspec.DecodeError, KeyError, TypeError):
-            message = body.decode(errors="replace").strip() or err.reason
-        raise _AdminError(f"{err.code}: {message}") from err
-    except (urllib.error.URLError, OSError) as err:
-        raise _AdminError(f"no gateway answering at {url}: start it, or pass --url ({err})") from err
-    except msgspec.DecodeError as err:
-        raise _AdminError(f"{url} did not answer with JSON: {err}") from err
-
-
-def _experiments_url(args: argparse.Namespace) -> str:
-    """The gateway's /admin/experiments URL: from --url (the gateway's base URL), else from the config."""
-    if args.url:
-        base = args.url.rstrip("/")
-        # Accept the endpoint itself too, as `cache --url` takes its endpoint.
-        return base if base.endswith("/admin/experiments") else base + "/admin/experiments"
-    return _admin_url(_load(args.config), "/admin/experiments")
-
-
-def cmd_experiments(args: argparse.Namespace) -> int:
-    """`experiments list`: the running gateway's experiments; `experiments report NAME`: one's report."""
-    import urllib.parse
-
-    import msgspec
-
-    try:
-        url = _experiments_url(args)
-    except (ConfigError, PluginError) as err:
-        print(err, file=sys.stderr)
-        return 1
-    if args.action == "list":
-        try:
-            listing = _admin_get(url)
-        except _AdminError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        experiments = listing.get("experiments") or []
-        if not experiments:
-            print(f"no experiments on the gateway at {url}")
-            return 0
-        print(f"{'name':<28} {'kind':<7} {'route':<24} state")
-        for exp in experiments:
-            stopped = exp.get("stopped")
-            state = (f"stopped, serving {stopped.get('serve')}" if isinstance(stopped, dict)
-                     else "stopped" if stopped else "active" if exp.get("active") else "inactive")
-            print(f"{exp.get('name', '?'):<28} {exp.get('kind', '?'):<7} {exp.get('route', '?'):<24} {state}")
-        return 0
-    try:
-        report = _admin_get(f"{url}/{urllib.parse.quote(args.name, safe='')}")
-    except _AdminError as err:
-        print(f"error: experiment {args.name!r}: {err}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
-    else:
-        from gateway.experiments.report_table import format_report
-
-        print(format_report(report))
-    if args.plot:
-        from gateway.experiments.plot import PlotUnavailable, plot_report
-
-        try:
-            plot_report(report, args.plot)
-        except PlotUnavailable as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        # On stderr with --json, so stdout stays one JSON document.
-        print(f"plot written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
-    return 0
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.observability import configure_logging
+    from gateway.observability import configure_logging, json_log_config
 
     configure_logging(args.log_level)
     try:
@@ -287,28 +124,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, PluginError) as err:
         print(err, file=sys.stderr)
         return 1
+    if config.logging.format == "json":
+        configure_logging(args.log_level, "json")  # the format is known once the config is read
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    print(f"gateway: serving {args.config} on http://{host}:{port} ({args.server})", file=sys.stderr, flush=True)
+    workers = args.workers
+    if workers < 1:
+        print("error: --workers must be 1 or more", file=sys.stderr)
+        return 1
+    launched = [b.name for b in config.backends if b.launch is not None]
+    if workers > 1 and launched:
+        # Each worker is a process of its own: each would launch (and own) its own copy of the server.
+        print(f"error: --workers {workers} with backends the gateway launches itself ({', '.join(launched)}): "
+              "every worker would start its own server. Run those servers separately and give their `url`, "
+              "or serve with one worker.", file=sys.stderr)
+        return 1
+    print(f"gateway: serving {args.config} on http://{host}:{port} ({args.server}, {workers} worker(s))",
+          file=sys.stderr, flush=True)
+    config_path = str(Path(args.config).absolute())  # symlinks followed on every read (ConfigMap volumes)
     if args.server == "granian":
         from granian import Granian  # optional extra: pip install '.[granian]'
         from granian.constants import Interfaces, Loops
 
-        os.environ["GATEWAY_CONFIG"] = str(Path(args.config).resolve())
+        os.environ["GATEWAY_CONFIG"] = config_path
         Granian(
             "gateway.app:app_from_env", factory=True, address=host, port=port, interface=Interfaces.ASGI,
-            workers=1, loop=Loops.uvloop, log_level=args.log_level,
+            workers=workers, loop=Loops.uvloop, log_level=args.log_level,
         ).serve()
         return 0
     import uvicorn
 
+    options: dict[str, Any] = {
+        "host": host, "port": port, "loop": "uvloop", "http": "httptools", "lifespan": "on", "access_log": False,
+        "log_level": args.log_level,
+        # Open requests (streams included) finish for up to drain_s after SIGTERM, then are cut.
+        "timeout_graceful_shutdown": config.server.drain_s,
+    }
+    if config.logging.format == "json":  # uvicorn sets logging up in each worker: JSON there too
+        options["log_config"] = json_log_config(args.log_level)
+    if workers > 1:
+        # Worker processes import the app by name; each builds its own state from $GATEWAY_CONFIG.
+        # SIGHUP to this (parent) process replaces the workers one by one, each new one started and
+        # ready before an old one drains: a config with problems never gets a worker up, so the old
+        # ones keep serving.
+        os.environ["GATEWAY_CONFIG"] = config_path
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
+        return 0
+
     from gateway.app import build_state, create_app
 
-    app = create_app(build_state(args.config))
-    uvicorn.run(
-        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-        access_log=False, log_level=args.log_level, timeout_graceful_shutdown=10,
-    )
+    registry = load_backend_registry()
+    app = create_app(build_state(config_path, registry), config_path=config_path, registry=registry,
+                     handle_signals=True)
+    uvicorn.run(app, **options)
     return 0
 
 
@@ -322,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="overrides server.port")
     serve.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
                        help="ASGI server (default: %(default)s; see README for the measurement)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port (default: %(default)s); give them a Redis "
+                       "(`redis.url`) so routing state, cache and limits are shared")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=cmd_serve)
 
@@ -347,8 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="API keys: make a new one (prints its config line), or hash one for the "
                           "config (auth.keys[].sha256, auth.admin_keys)")
-    keys.add_argument("action", choices=("new", "hash"))
-    keys.add_argument("--name", default=None, help="new: the key's name in the printed config line")
+    keys.add_argument("action", choices=("new", "hash", "add", "revoke", "list"),
+                      help="new/hash: for keys in the config file; add/revoke/list: keys in Redis, through the "
+                      "running gateway's /admin/keys (auth.store: redis; sends $GATEWAY_ADMIN_KEY)")
+    keys.add_argument("--name", default=None, help="new: the key's name in the printed config line; add/revoke: "
+                      "the key's name")
+    keys.add_argument("--tenant", default=None, help="add: the tenant its requests count to (default: its name)")
+    keys.add_argument("--models", default=None, help="add: route models it may call, comma-separated globs "
+                      "(default: all)")
+    keys.add_argument("--config", default=_default_config(), help="YAML config (default: %(default)s)")
+    keys.add_argument("--url", default=None, help="the gateway's base URL (default: from the config)")
     keys.set_defaults(func=cmd_keys)
 
     experiments = sub.add_parser("experiments", help="A/B and shadow experiments of a running gateway")

@@ -28,6 +28,8 @@ from gateway.experiments.settings import (
     experiment_problems,
     experiments_problems,
 )
+from gateway.observability_settings import LoggingConfig, TracingConfig, logging_problems, tracing_problems
+from gateway.redis_settings import RedisConfig, redis_problems
 from gateway.speculative.settings import SpeculativeConfig, speculative_problems
 
 PolicyName = Literal[
@@ -51,12 +53,13 @@ class ServerConfig(_Strict):
     # requests (see README and benchmarks/overhead.py).
     upstream_client: UpstreamClientName = "aiohttp"
     health_interval_s: float = 5.0
-
-
-class RedisConfig(_Strict):
-    """Optional shared state; without it the gateway uses its in-process store."""
-
-    url: str
+    # How long open requests (streams included) may run on after a stop signal or a config reload
+    # before they are cut; /ready answers 503 while the process drains.
+    drain_s: float = 30.0
+    # Reload the config when its file changes (checked every watch_interval_s); SIGHUP and
+    # POST /admin/reload reload it either way.
+    watch_config: bool = False
+    watch_interval_s: float = 2.0
 
 
 class CostConfig(_Strict):
@@ -101,8 +104,13 @@ class BackendConfig(_Strict):
     cost: CostConfig = msgspec.field(default_factory=CostConfig)
     timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
     # Requests this gateway process sends the backend at once; beyond it the backend is
-    # skipped for that request (None: no limit).
+    # skipped for that request (None: no limit). Per process: N replicas send up to N times as many.
     max_concurrency: int | None = None
+    # When every candidate of a request is at its limit, up to `max_queue` requests wait here for
+    # a slot (first come, first served) for up to `queue_timeout_s`; beyond that they are shed
+    # with a 503 `overloaded` and a Retry-After (0: no queue, shed at once).
+    max_queue: int = 0
+    queue_timeout_s: float = 5.0
     weight: float = 1.0  # share of traffic under the `weighted` policy
     launch: dict[str, Any] | None = None
     options: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -179,6 +187,9 @@ class GatewayConfig(_Strict):
     experiments: ExperimentsConfig = msgspec.field(default_factory=ExperimentsConfig)
     # API keys and admin keys; without it the gateway serves anyone (the embedded default).
     auth: AuthConfig | None = None
+    # The access log and the regular log's format; OpenTelemetry traces (gateway/observability_settings.py).
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
 
 class ConfigError(Exception):
@@ -241,6 +252,14 @@ def parse_config(
     auth = convert_section(raw["auth"], AuthConfig, "auth", problems) if raw.get("auth") is not None else None
     if auth is not None:
         problems.extend(auth_problems(auth))
+        if auth.store == "redis" and redis is None:
+            problems.append("auth.store: 'redis' needs a redis section (the keys live there)")
+    logging_config = convert_section(raw.get("logging", {}), LoggingConfig, "logging", problems)
+    if logging_config is not None:
+        problems.extend(logging_problems(logging_config))
+    tracing = convert_section(raw.get("tracing", {}), TracingConfig, "tracing", problems)
+    if tracing is not None:
+        problems.extend(tracing_problems(tracing))
     backend_at: list[tuple[int, BackendConfig]] = []  # with each one's index in the file
     raw_backends: list[Any] = raw["backends"] if isinstance(raw.get("backends"), list) else []
     for i, item in enumerate(raw_backends):
@@ -291,8 +310,12 @@ def parse_config(
             problems.append("server.port: must be between 0 and 65535")
         if server.max_body_bytes <= 0:
             problems.append("server.max_body_bytes: must be positive")
-    if redis is not None and not redis.url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append("redis.url: not a Redis URL (expected redis://, rediss:// or unix://)")
+        if server.drain_s < 0:
+            problems.append("server.drain_s: must be 0 or more")
+        if server.watch_interval_s <= 0:
+            problems.append("server.watch_interval_s: must be positive")
+    if redis is not None:
+        problems.extend(redis_problems(redis))
     if routing is not None:
         _check_routing(routing, problems)
     if cache is not None:
@@ -303,8 +326,10 @@ def parse_config(
     if problems:
         raise ConfigError(problems, source)
     assert server is not None and routing is not None and cache is not None and experiments is not None
+    assert logging_config is not None and tracing is not None
     return GatewayConfig(backends=[b for _, b in backend_at], routes=routes, server=server, routing=routing,
-                         redis=redis, cache=cache, experiments=experiments, auth=auth)
+                         redis=redis, cache=cache, experiments=experiments, auth=auth, logging=logging_config,
+                         tracing=tracing)
 
 
 def _check_ranges(prefix: str, checks: Iterable[tuple[str, bool, str]], problems: list[str]) -> None:
@@ -357,6 +382,10 @@ def _check_backend(
     _check_ranges(prefix, [
         ("weight", backend.weight >= 0, "not be negative"),
         ("max_concurrency", backend.max_concurrency is None or backend.max_concurrency >= 1, "be at least 1"),
+        ("max_queue", backend.max_queue >= 0, "not be negative"),
+        ("max_queue", backend.max_queue == 0 or backend.max_concurrency is not None,
+         "be 0 without max_concurrency (requests queue for a concurrency slot)"),
+        ("queue_timeout_s", backend.queue_timeout_s > 0, "be positive"),
         ("cost.input_per_mtok", cost.input_per_mtok >= 0, "not be negative"),
         ("cost.output_per_mtok", cost.output_per_mtok >= 0, "not be negative"),
         ("cost.gpu_hour_usd", cost.gpu_hour_usd is None or cost.gpu_hour_usd > 0, "be positive"),

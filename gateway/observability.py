@@ -1,4 +1,4 @@
-"""Prometheus metrics and logging set-up.
+"""Prometheus metrics and logging set-up (the gen_ai_* series: genai_metrics.py; the access log: access_log.py).
 
 Label children are cached per label tuple: `labels()` hashes and locks on every call, and
 the hot path should pay that once per (route, backend, status), not once per request.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -64,6 +67,11 @@ class Metrics:
         self.in_flight = Gauge(
             "gateway_backend_in_flight", "Requests open on the backend (all replicas when state is shared)",
             ("backend",), registry=self.registry,
+        )
+        self.open_requests = 0  # OpenAI requests this process is serving now (kept across config reloads)
+        self.in_flight_requests = Gauge(
+            "gateway_in_flight_requests", "OpenAI requests this gateway process is serving now, streams included "
+            "(what an autoscaler scales on)", registry=self.registry,
         )
         self.shared_state_up = Gauge(
             "gateway_shared_state_up", "1 while the shared routing state (Redis) is reachable; 0 while "
@@ -166,10 +174,47 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def configure_logging(level: str = "info") -> None:
-    """Plain, one-line-per-event logs on stderr."""
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log record: time (ISO 8601 UTC), level, logger, message, and the traceback."""
+
+    _encode = msgspec.json.Encoder().encode
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return self._encode(entry).decode()
+
+
+def configure_logging(level: str = "info", log_format: str = "text") -> None:
+    """Logs on stderr: one line per event (`text`), or one JSON object per line (`json`, for a log
+    shipper). Calling it again replaces the set-up (the config's format is known only once it is read)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs every request at INFO: on the data path that is a log line per request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def json_log_config(level: str = "info") -> dict[str, Any]:
+    """The JSON set-up as a `logging.config.dictConfig` dict, for servers that set logging up in each
+    worker process themselves (uvicorn's `log_config`): their own loggers then write JSON too."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "gateway.observability.JsonLogFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            **{name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+            "httpx": {"level": "WARNING"},
+        },
+    }

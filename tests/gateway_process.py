@@ -184,7 +184,8 @@ class LlamaServer(ManagedSubprocess):
 class GatewayProcess(ManagedSubprocess):
     """`python -m gateway.cli serve --config CFG --port P` with a config written for the test."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, *, name: str = "gateway") -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, *, name: str = "gateway",
+                 extra_args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {**config, "server": {"host": "127.0.0.1", **config.get("server", {})}}
@@ -197,7 +198,7 @@ class GatewayProcess(ManagedSubprocess):
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
-                "--port", str(self.port), "--log-level", "info"]
+                "--port", str(self.port), "--log-level", "info", *(extra_args or [])]
         super().__init__(f"gateway '{name}'", argv, workdir / f"{name}.log")
 
     @property

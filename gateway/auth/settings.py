@@ -9,7 +9,10 @@ auth:
       tenant: team-a                # metrics and cost are accounted to it (default: name)
       models: ["chat", "coder-*"]   # route models it may call, globs (default: all)
       revoked: false
+      limits: {requests_per_minute: 60, tokens_per_minute: 40000, budget_usd: 25, budget_period: month}
+  default_limits: {requests_per_minute: 600}  # for keys without `limits` of their own (default: none)
   admin_keys: [3c9909afec25354d...] # digests of keys that may call /admin/*
+  store: redis                      # also keys made with POST /admin/keys (default: config only)
 ```
 
 Without an `auth` section the gateway serves anyone (the embedded default, for a laptop).
@@ -18,8 +21,11 @@ Without an `auth` section the gateway serves anyone (the embedded default, for a
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import msgspec
+
+from gateway.limits.settings import LimitsConfig, limits_problems
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -32,6 +38,8 @@ class ApiKeyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tenant: str | None = None
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     revoked: bool = False
+    # Rates and a spend budget (gateway/limits/settings.py); replaces `auth.default_limits` whole.
+    limits: LimitsConfig | None = None
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,6 +47,11 @@ class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     keys: list[ApiKeyConfig] = msgspec.field(default_factory=list)
     admin_keys: list[str] = msgspec.field(default_factory=list)
+    default_limits: LimitsConfig | None = None  # for every key without `limits` of its own
+    # config: the keys above only. redis: also keys created with POST /admin/keys (kept in Redis as
+    # digests, shared by every replica, revocable while running), re-read every refresh_s.
+    store: Literal["config", "redis"] = "config"
+    refresh_s: float = 5.0
 
 
 def auth_problems(config: AuthConfig) -> list[str]:
@@ -61,9 +74,15 @@ def auth_problems(config: AuthConfig) -> list[str]:
         digests.add(key.sha256)
         if not key.models:
             problems.append(f"{where}.models: an empty list allows nothing; leave it out to allow every model")
+        if key.limits is not None:
+            problems.extend(limits_problems(f"{where}.limits", key.limits))
+    if config.default_limits is not None:
+        problems.extend(limits_problems("auth.default_limits", config.default_limits))
     for i, digest in enumerate(config.admin_keys):
         if not _DIGEST.fullmatch(digest):
             problems.append(f"auth.admin_keys[{i}]: not a SHA-256 hex digest (64 lowercase hex digits)")
     if not config.keys and not config.admin_keys:
         problems.append("auth: no keys and no admin_keys: leave the section out to serve without keys")
+    if config.refresh_s <= 0:
+        problems.append("auth.refresh_s: must be positive")
     return problems

@@ -13,31 +13,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.redis_connect import REDIS_ERRORS, UNREACHABLE, is_unreachable
+
+__all__ = ["REDIS_ERRORS", "UNREACHABLE", "RedisCallFailed", "RedisGuard", "is_unreachable"]
 
 log = logging.getLogger("gateway.cache")
 
 Clock = Callable[[], float]
 T = TypeVar("T")
-
-# Errors that mean "Redis is away or too slow" (as opposed to Redis refusing one command), the
-# ones that open the breaker.
-UNREACHABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-REDIS_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE, RedisError)
-
-
-def unretried_redis(url: str, *, socket_timeout_s: float) -> aioredis.Redis:
-    """A client (bytes in, bytes out) that never retries or waits on its own: a `RedisGuard`'s
-    budget and breaker decide. `socket_timeout_s` only bounds calls made outside a guard."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=False, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
-        retry=Retry(NoBackoff(), 0), health_check_interval=0,
-    )
 
 
 class RedisCallFailed(Exception):
@@ -123,7 +108,7 @@ class RedisGuard:
     def failed(self, err: BaseException, op: str) -> None:
         """Book a failed call; a connection error, or the last of a run of timeouts, opens the breaker."""
         self.errors += 1
-        if not isinstance(err, UNREACHABLE):
+        if not is_unreachable(err):
             # Redis answered but refused this one command (e.g. a foreign value under our key):
             # Redis itself is fine, so the breaker stays closed.
             log.error("%s %s at %s failed: %s: %s", self.what, op, self.describe(), type(err).__name__, err)

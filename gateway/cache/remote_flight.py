@@ -7,7 +7,9 @@ follow it by reading `flight:{<digest>}`, a Redis stream of the leader's message
 (the encoded entry, which the same script stores in the cache) or a fail message. Payloads are only
 written once a follower asks for them on the `flight-wanted` channel: most answers have no follower on
 another replica, and writing every chunk of every stream to Redis would cost each miss a round trip per
-chunk for nobody. Keys carry the digest as a hash tag, so a script's keys share a Redis Cluster slot.
+chunk for nobody. Keys carry the digest as a hash tag, so a script's keys share a Redis Cluster slot
+(`{prefix}lock:{<digest>}`, `{prefix}flight:{<digest>}`, and the entry `{prefix}e/<model>/<tenant>/{<digest>}`);
+the `{prefix}flight-wanted` channel is plain pub/sub, which a cluster delivers to subscribers on every node.
 
 Everything runs on the `RedisStore`'s connection pool and behind its breaker and time budget: when
 Redis is away, a replica simply answers from its backend, alone, as it would without the cache.
@@ -23,6 +25,8 @@ import secrets
 import socket
 from functools import partial
 from typing import Any, NamedTuple
+
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.cache.entry import decode_entry
 from gateway.cache.flight import Flight
@@ -107,9 +111,11 @@ class RemoteFlights:
         """
         self._listen()
         token = secrets.token_hex(8)
-        entry = self.store.key_prefix + entry_key if entry_key is not None else ""
-        keys = [entry, self.lock_key(digest), self.stream_key(digest)]
-        args: list[str | int] = [self.owner, self._lock_ms, token, self._stream_ms]
+        lock = self.lock_key(digest)
+        # No entry to look up: the lock key stands in (a key of the same cluster slot, left alone).
+        entry = self.store.key_prefix + entry_key if entry_key is not None else lock
+        keys = [entry, lock, self.stream_key(digest)]
+        args: list[str | int] = [self.owner, self._lock_ms, token, self._stream_ms, 0 if entry_key is None else 1]
         try:
             reply = await self.guard.call("lookup and lock", lambda: self._claim_script(keys=keys, args=args))
         except RedisCallFailed as err:
@@ -168,8 +174,9 @@ class RemoteFlights:
         """One write script call for a lead; False when it failed or the lock or stream is no longer the lead's.
         `final` releases the lock instead of refreshing it; `store` (entry key, ttl) also stores the data of
         the last message under that key."""
-        entry = self.store.key_prefix + store[0] if store is not None else ""
-        keys = [self.lock_key(digest), self.stream_key(digest), entry]
+        lock = self.lock_key(digest)
+        entry = self.store.key_prefix + store[0] if store is not None else lock  # entry ttl 0: not written
+        keys = [lock, self.stream_key(digest), entry]
         ttl_ms = max(1, int(store[1] * 1000)) if store is not None else 0
         args: list[bytes | str | int] = [self.owner, token, self._stream_ms, 0 if final else self._lock_ms, ttl_ms]
         for kind, data in messages:
@@ -189,8 +196,13 @@ class RemoteFlights:
 
     async def _listen_forever(self) -> None:
         while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            client = self.store.redis
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
+                if isinstance(client, RedisCluster):
+                    # The cluster client's pub/sub picks a node from the slot map but does not load the
+                    # map itself: load it first (a no-op once loaded), or the first subscribe fails.
+                    await client.initialize()
                 await pubsub.subscribe(self.wanted_channel)
                 async for message in pubsub.listen():
                     self._wanted(message.get("data"))

@@ -19,6 +19,7 @@ from gateway.cache.record import unstorable_reason
 from gateway.cache.remote_flight import RemoteFlights, RemoteLead
 from gateway.cache.settings import CacheConfig, RouteCacheConfig
 from gateway.cache.stores import CacheStore, InProcessLRU, RedisStore
+from gateway.config import RedisConfig
 
 log = logging.getLogger("gateway.cache")
 
@@ -63,7 +64,7 @@ class ResponseCache:
     def __init__(
         self,
         config: CacheConfig,
-        redis_url: str | None,
+        redis: RedisConfig | None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -72,11 +73,11 @@ class ResponseCache:
         self.books = CacheBooks()
         self.flights = FlightTable()
         self.remote: RemoteFlights | None = None
-        use_redis = config.store == "redis" or (config.store == "auto" and redis_url is not None)
+        use_redis = config.store == "redis" or (config.store == "auto" and redis is not None)
         self.store: CacheStore
         if use_redis:
-            assert redis_url is not None  # the config check refuses store: redis without redis.url
-            redis_store = RedisStore(redis_url, max_entry_bytes=config.max_entry_bytes,
+            assert redis is not None  # the config check refuses store: redis without a redis section
+            redis_store = RedisStore(redis, max_entry_bytes=config.max_entry_bytes,
                                      budget_s=config.budget_ms / 1000, retry_s=config.retry_s)
             self.store = redis_store
             self.remote = RemoteFlights(redis_store, lock_ttl_s=config.lock_ttl_s)

@@ -76,5 +76,5 @@ def cache_problems(cache: CacheConfig, *, has_redis: bool) -> list[str]:
     ]
     problems = [f"cache.{key}: must {must}" for key, ok, must in checks if not ok]
     if cache.store == "redis" and not has_redis:
-        problems.append("cache.store: 'redis' needs redis.url to be set")
+        problems.append("cache.store: 'redis' needs a redis section (redis.url, or sentinels or nodes)")
     return problems

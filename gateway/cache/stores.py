@@ -15,10 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
-from gateway.cache.redis_guard import REDIS_ERRORS, RedisCallFailed, RedisGuard, unretried_redis
-from gateway.routing.shared_redis import describe_redis_url
+from gateway.cache.redis_guard import REDIS_ERRORS, RedisCallFailed, RedisGuard
+from gateway.config import RedisConfig
+from gateway.redis_connect import RedisClient, connect_redis, describe_redis
 
 Clock = Callable[[], float]
 MiB = 1024 * 1024
@@ -145,11 +144,15 @@ class RedisStore:
     One WARNING is logged when Redis goes away and one INFO when it is back. `errors` counts failed
     calls, `skipped_while_down` the calls answered by the open breaker, `too_large` the refused values.
     The connection and the breaker (`guard`) are shared with `RemoteFlights` on the same Redis.
+
+    Keys are `key_prefix` + the plan's store key (`e/<model>/<tenant>/{<digest>}`): the digest is
+    the hash tag, so on Redis Cluster entries spread over every primary while each entry shares its
+    slot with its flight's keys. Deletion scans every primary (redis-py's cluster `scan_iter`).
     """
 
     def __init__(
         self,
-        url: str,
+        config: RedisConfig,
         *,
         key_prefix: str = "gateway:cache:",
         max_entry_bytes: int = 1 * MiB,
@@ -157,13 +160,14 @@ class RedisStore:
         retry_s: float = 1.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        self.url = url
+        self.config = config
         self.key_prefix = key_prefix
         self.max_entry_bytes = max_entry_bytes
         self.clock = clock
         self.too_large = 0
         self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, clock=clock)
-        self.redis: aioredis.Redis = unretried_redis(url, socket_timeout_s=_ADMIN_SOCKET_TIMEOUT_S)
+        # The guard bounds request-path calls; the socket timeout only bounds admin calls outside it.
+        self.redis: RedisClient = connect_redis(config, socket_timeout_s=_ADMIN_SOCKET_TIMEOUT_S)
 
     @property
     def available(self) -> bool:
@@ -187,7 +191,7 @@ class RedisStore:
         return self.guard.skipped_while_down
 
     def describe(self) -> str:
-        return describe_redis_url(self.url)
+        return describe_redis(self.config)
 
     async def get(self, key: str) -> bytes | None:
         try:

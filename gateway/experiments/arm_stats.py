@@ -5,7 +5,8 @@ Every replica records what its requests did (`ArmObservation`) and what users sa
 view per arm. Latencies are `LatencySketch`es, never raw lists, so memory and Redis traffic do not
 grow with traffic and replicas merge by plain addition.
 
-Redis layout (`p` is `key_prefix`, names percent-escaped so ':' in a name cannot collide):
+Redis layout (`p` is `key_prefix`, `gateway:{exp}:` by default: one hash tag for every experiment key, so
+on Redis Cluster one flush script can write them all; names percent-escaped so ':' in a name cannot collide):
 
     {p}exp:{experiment}:arms                   SET   arm names (how `totals` finds the arms)
     {p}exp:{experiment}:{arm}:{ttft|tpot|e2e}  HASH  one sketch, the layout of `gateway.experiments.sketch`
@@ -31,9 +32,11 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from gateway.cache.redis_guard import RedisCallFailed
+from gateway.config import RedisConfig
 from gateway.experiments.arm_totals import METRICS, ArmObservation, ArmTotals
-from gateway.experiments.redis_writer import FlushedRedisWriter, key_segment
+from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, FlushedRedisWriter, key_segment
 from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS
+from gateway.redis_connect import with_hash_tag
 
 log = logging.getLogger("gateway.experiments")
 
@@ -151,12 +154,12 @@ class RedisArmStats(FlushedRedisWriter, _RecordsIntoTotals):
     `dropped` counts observations and feedback lost to the pending bound.
     """
 
-    def __init__(self, redis_url: str, *, key_prefix: str = "gateway:exp:", flush_interval_s: float = 0.1,
+    def __init__(self, redis: RedisConfig, *, key_prefix: str = EXPERIMENT_KEY_PREFIX, flush_interval_s: float = 0.1,
                  budget_s: float = 0.25, retry_s: float = 1.0, max_pending_batches: int = 600,
                  alpha: float = DEFAULT_ALPHA, max_buckets: int = DEFAULT_MAX_BUCKETS) -> None:
-        super().__init__(redis_url, what="experiment stats", flush_interval_s=flush_interval_s,
+        super().__init__(redis, what="experiment stats", flush_interval_s=flush_interval_s,
                          budget_s=budget_s, retry_s=retry_s)
-        self.key_prefix = key_prefix
+        self.key_prefix = with_hash_tag(key_prefix)
         self.max_pending_batches = max_pending_batches
         self.alpha, self.max_buckets = alpha, max_buckets
         self.dropped = 0

@@ -5,7 +5,8 @@ makes the journal keep about one point per interval however many replicas there 
 `stop` wins, so replicas that decide to stop at the same moment for different reasons still agree
 on one reason and one arm to serve.
 
-Redis layout (`p` is `key_prefix`, the name percent-escaped as in `gateway.experiments.arm_stats`):
+Redis layout (`p` is `key_prefix`, `gateway:{exp}:` by default, the hash tag shared by every experiment key
+(see `gateway.experiments.redis_writer`); the name percent-escaped as in `gateway.experiments.arm_stats`):
 
     {p}exp:{experiment}:history   LIST    msgspec JSON `HistoryPoint`s, oldest first, at most `max_points`
     {p}exp:{experiment}:stopped   STRING  msgspec JSON `StopState`, set once
@@ -17,12 +18,12 @@ import logging
 from typing import Protocol
 
 import msgspec
-import redis.asyncio as aioredis
 
-from gateway.cache.redis_guard import RedisCallFailed, RedisGuard, unretried_redis
-from gateway.experiments.redis_writer import key_segment
+from gateway.cache.redis_guard import RedisCallFailed, RedisGuard
+from gateway.config import RedisConfig
+from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, key_segment
 from gateway.experiments.timeline import HistoryPoint, StopState
-from gateway.routing.shared_redis import describe_redis_url
+from gateway.redis_connect import RedisClient, connect_redis, describe_redis, with_hash_tag
 
 log = logging.getLogger("gateway.experiments")
 
@@ -113,16 +114,16 @@ class RedisJournal:
     history or "not stopped", which a caller could mistake for the truth (and restart a stopped arm).
     """
 
-    def __init__(self, redis_url: str, *, key_prefix: str = "gateway:exp:", budget_s: float = 0.25,
+    def __init__(self, redis: RedisConfig, *, key_prefix: str = EXPERIMENT_KEY_PREFIX, budget_s: float = 0.25,
                  retry_s: float = 1.0) -> None:
-        self.url, self.key_prefix = redis_url, key_prefix
+        self.redis_config, self.key_prefix = redis, with_hash_tag(key_prefix)
         self.guard = RedisGuard(self.describe, budget_s=budget_s, retry_s=retry_s, what="experiment journal")
-        self.redis: aioredis.Redis = unretried_redis(redis_url, socket_timeout_s=2.0)
+        self.redis: RedisClient = connect_redis(redis, socket_timeout_s=2.0)
         self._append_script = self.redis.register_script(_APPEND_LUA)
         self._stop_script = self.redis.register_script(_STOP_LUA)
 
     def describe(self) -> str:
-        return describe_redis_url(self.url)
+        return describe_redis(self.redis_config)
 
     def key(self, experiment: str, suffix: str) -> str:
         """The Redis key of one of the experiment's records (`history` or `stopped`)."""

@@ -5,7 +5,8 @@ request id back to its (experiment, arm) exactly once: the first `take` wins, la
 `already_used` (the API answers 409), an unknown or expired id is simply not found (404).
 Entries are per tenant, so one tenant cannot post feedback on (or probe for) another's requests.
 
-Redis layout (`p` is `key_prefix`, names percent-escaped so ':' in a name cannot collide):
+Redis layout (`p` is `key_prefix`, `gateway:{exp}:` by default: the hash tag of every experiment key, so on
+Redis Cluster one flush script can write every request's entry; names percent-escaped so ':' cannot collide):
 
     {p}req:{tenant}:{request_id}   STRING  msgspec JSON `["experiment", "arm"]`, or `used` once taken;
                                            expires `ttl_s` after `remember` (the marker keeps that TTL)
@@ -25,7 +26,9 @@ from typing import Protocol
 import msgspec
 
 from gateway.cache.redis_guard import RedisCallFailed
-from gateway.experiments.redis_writer import FlushedRedisWriter, key_segment
+from gateway.config import RedisConfig
+from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, FlushedRedisWriter, key_segment
+from gateway.redis_connect import with_hash_tag
 
 log = logging.getLogger("gateway.experiments")
 
@@ -157,12 +160,13 @@ class RedisLedger(FlushedRedisWriter):
     cannot answer, rather than a "not found" that would wrongly tell the client its id is unknown.
     """
 
-    def __init__(self, redis_url: str, ttl_s: float, *, key_prefix: str = "gateway:exp:",
+    def __init__(self, redis: RedisConfig, ttl_s: float, *, key_prefix: str = EXPERIMENT_KEY_PREFIX,
                  flush_interval_s: float = 0.1, budget_s: float = 0.25, retry_s: float = 1.0,
                  max_pending: int = 100_000, clock: Clock = time.monotonic) -> None:
-        super().__init__(redis_url, what="feedback ledger", flush_interval_s=flush_interval_s,
+        super().__init__(redis, what="feedback ledger", flush_interval_s=flush_interval_s,
                          budget_s=budget_s, retry_s=retry_s)
-        self.ttl_s, self.key_prefix, self.max_pending, self.clock = ttl_s, key_prefix, max_pending, clock
+        self.ttl_s, self.max_pending, self.clock = ttl_s, max_pending, clock
+        self.key_prefix = with_hash_tag(key_prefix)
         self.dropped = 0
         self._take_script = self.redis.register_script(_TAKE_LUA)
         self._write_script = self.redis.register_script(_WRITE_LUA)

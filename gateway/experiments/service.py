@@ -3,7 +3,7 @@
 One `ExperimentService` per process. The request path asks `for_route` (a dict lookup; routes
 without an experiment pay nothing else), records through `finish`, and mirrors through `mirror`.
 Everything shared between replicas (arm totals, the request -> arm ledger for feedback, the
-running estimate's history and a stop) lives in Redis when `redis.url` is set, in this process
+running estimate's history and a stop) lives in Redis when a `redis` section is set, in this process
 otherwise. A checker task samples each experiment's running estimate every `check_interval_s`
 and, with `auto_stop`, stops an experiment once it is conclusive; every replica then follows the
 stop it finds in the journal.
@@ -66,15 +66,15 @@ class ExperimentService:
         self.shadows: dict[str, ShadowExperiment] = {r.shadow.name: r.shadow for r in self.routes.values()
                                                      if r.shadow}
         self._clock = clock
-        redis_url = config.redis.url if config.redis is not None else None
+        redis = config.redis
         self.store: ArmStatsStore
         self.ledger: FeedbackLedger
         self.journal: ExperimentJournal
-        if redis_url is not None and self.routes:
-            self.store = RedisArmStats(redis_url, flush_interval_s=self.settings.flush_interval_s)
-            self.ledger = RedisLedger(redis_url, self.settings.feedback_ttl_s,
+        if redis is not None and self.routes:
+            self.store = RedisArmStats(redis, flush_interval_s=self.settings.flush_interval_s)
+            self.ledger = RedisLedger(redis, self.settings.feedback_ttl_s,
                                       flush_interval_s=self.settings.flush_interval_s)
-            self.journal = RedisJournal(redis_url)
+            self.journal = RedisJournal(redis)
             self.where = "redis"
         else:
             self.store = InProcessArmStats()

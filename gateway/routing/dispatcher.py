@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.backend import Backend, BackendUnavailable, EventStream
 from gateway.errors import GatewayError, backend_timeout, unsupported_parameter
+from gateway.routing.admission import BackendSlots
 from gateway.routing.give_up import give_up, none_available, retry_after_seconds
 from gateway.routing.health import HealthState
 from gateway.routing.interfaces import Policy, RequestFeatures, RouteChoice
@@ -31,6 +32,7 @@ from gateway.schemas import RequestKind
 if TYPE_CHECKING:
     from gateway.config import RetryConfig, StatsConfig
     from gateway.routing.shared import RoutingState
+    from gateway.tracing import RequestTracer
 
 T = TypeVar("T")
 Timer = Callable[[], float]
@@ -112,9 +114,12 @@ class Dispatcher:
         self._timer = timer
         self._clock = clock  # the breakers' clock, to say how long one stays open
         self._on_attempt_failed = on_attempt_failed
-        self._active: dict[str, int] = {}  # this process's requests open per backend (concurrency limits)
+        # This process's requests open per backend (concurrency limits), and those waiting for a slot.
+        self.slots = BackendSlots()
+        self._active = self.slots.active
         self._throttled_until: dict[str, float] = {}  # timer value before which a 429'd backend is not retried
         self._policies: dict[tuple[str, str], Policy] = {}
+        self.tracer: RequestTracer | None = None  # set by the gateway's state when tracing is on
 
     def elapsed_since(self, sent_at: float) -> float:
         """Seconds since `sent_at`, a value of this dispatcher's timer (StreamResult.sent_at)."""
@@ -186,6 +191,45 @@ class Dispatcher:
             raise self._none_available(skipped)
         return policy.rank(available, features, self.stats), skipped
 
+    async def _plan_or_queue(
+        self,
+        route: Route,
+        kind: RequestKind,
+        features: RequestFeatures,
+        policy: Policy,
+        exclude: Collection[str],
+    ) -> tuple[list[RouteChoice], list[tuple[str, str]]]:
+        """`plan`, except that when no candidate is available and those at their concurrency limit have
+        wait queues (`max_queue`), the request waits there for a slot (gateway/routing/admission.py)."""
+        try:
+            return self.plan(route, kind, features, policy, exclude)
+        except GatewayError as err:
+            if err.code != "no_healthy_backend":
+                raise
+            full = [b for b in self._able(route, kind, features.body) if b.name not in exclude and self._only_full(b)]
+            if not full:
+                raise
+            if not any(b.config.max_queue > 0 for b in full):
+                self.slots.shed(full)  # no queue to wait in: shed as it always was, but counted
+                raise
+            backend = await self.slots.wait(full, self.stats)
+        name = backend.name
+        # The slot is counted for this request already, and `_attempt` counts it again when it sends:
+        # give it back for that moment (nothing else runs in between), and should the request go
+        # elsewhere after all, hand it on once this step is over.
+        self._active[name] -= 1
+        asyncio.get_running_loop().call_soon(self.slots.kick, name, backend.config.max_concurrency or 1)
+        skipped = [(b.name, why) for b in route.backends
+                   if b.name != name and b.name not in exclude and (why := self._unavailable_reason(b)) is not None]
+        return policy.rank([backend], features, self.stats), skipped
+
+    def _only_full(self, backend: Backend) -> bool:
+        """At its concurrency limit and otherwise able to serve (healthy, breaker letting requests in)."""
+        limit = backend.config.max_concurrency
+        name = backend.name
+        return (limit is not None and self._active.get(name, 0) >= limit and self.health.is_healthy(name)
+                and self.breakers.admission(name) != "no")
+
     # -- trying -----------------------------------------------------------------------------
 
     def _backoff(self, retries: RetryConfig, round_number: int) -> float:
@@ -207,7 +251,7 @@ class Dispatcher:
 
         A backend `passes_over` is true for is not tried and not counted against anything.
         """
-        choices, skipped = self.plan(route, kind, features, policy, exclude)
+        choices, skipped = await self._plan_or_queue(route, kind, features, policy, exclude)
         retries = route.config.retries
         failures: list[tuple[str, GatewayError]] = []
         waiting: dict[str, float] = {}  # backends passed over because their 429 asked for a longer wait
@@ -242,7 +286,10 @@ class Dispatcher:
                 self.stats.started(name)
                 sent_at = self._timer()
                 try:
-                    result = await try_one(backend, sent_at)
+                    call = try_one(backend, sent_at)
+                    # One span per attempt when tracing is on (gateway/tracing.py); a None check when off.
+                    result = await (call if self.tracer is None else
+                                    self.tracer.attempt(call, backend, kind, attempts, failures))
                 except GatewayError as err:
                     if err.status < 500 and not _throttled(err):
                         self.breakers.record(name, ok=True)  # it answered: alive, whatever the request's fault
@@ -287,7 +334,7 @@ class Dispatcher:
     def _release(
         self, name: str, ok: bool | None, sent_at: float, output_tokens: int | None, ttft_s: float | None
     ) -> None:
-        self._active[name] = max(0, self._active.get(name, 0) - 1)
+        self.slots.release(name)  # to the first request waiting for a slot on it, if any
         self.stats.finished(name, ok=ok, e2e_s=self._timer() - sent_at, ttft_s=ttft_s, output_tokens=output_tokens)
 
     def _none_available(self, skipped: list[tuple[str, str]]) -> GatewayError:

@@ -72,5 +72,5 @@ def make_routing_state(
     """Shared through Redis when the config names one, in process otherwise."""
     if config.redis is None:
         return LocalRoutingState(config.routing, clock)
-    return RedisRoutingState(config.redis.url, [b.name for b in config.backends], config.routing,
+    return RedisRoutingState(config.redis, [b.name for b in config.backends], config.routing,
                              clock=clock, on_shared_change=on_shared_change)

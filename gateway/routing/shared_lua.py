@@ -6,7 +6,8 @@ replicas never read a record, change it in Python and write it back. The scripts
 same arithmetic as `gateway/routing/stats.py` (decayed means and counts) and the same breaker
 transitions as `gateway/routing/breaker.py`; a change to either must be made here too.
 
-Keys, under a prefix (`gateway:routing` by default):
+Keys, under a prefix (`gateway:{routing}` by default; a prefix without a hash tag is wrapped in one,
+`test` becoming `{test}`, so every key shares one Redis Cluster slot and a script may take them all):
 
     {prefix}:replicas            sorted set: replica id -> clock time it last synced (heartbeat)
     {prefix}:inflight:{backend}  hash: replica id -> requests that replica has open on the backend
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.backend import BackendLoad
+from gateway.redis_connect import with_hash_tag
 from gateway.routing.breaker import BreakerRecord
 from gateway.routing.interfaces import BackendStats
 from gateway.routing.stats import PEAK_FADE, DecayedCount, DecayedMean
@@ -30,8 +32,8 @@ class RedisKeys:
     """Names of the keys one gateway deployment shares."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.replicas = f"{prefix}:replicas"
+        self.prefix = with_hash_tag(prefix)
+        self.replicas = f"{self.prefix}:replicas"
 
     def in_flight(self, backend: str) -> str:
         return f"{self.prefix}:inflight:{backend}"

@@ -8,6 +8,11 @@ single round trip every `refresh_s`. Reads come from that mirror while Redis ans
 the in-process state while it does not, so losing Redis degrades routing to per-replica
 decisions instead of stopping it. Updates are Lua scripts run inside Redis
 (`gateway/routing/shared_lua.py`), never a read-modify-write from Python.
+
+Every key lives under one hash tag (`gateway:{routing}:...` by default; see `RedisKeys`), so on
+Redis Cluster the whole state sits in one slot: the sync's pipeline goes to one node and the prune
+script may name every key it touches. The state is small (a few hashes per backend), so one slot is
+no hot spot worth splitting it for.
 """
 
 from __future__ import annotations
@@ -22,15 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from gateway.backend import BackendLoad
-from gateway.config import RoutingConfig
+from gateway.config import RedisConfig, RoutingConfig
+from gateway.redis_connect import REDIS_ERRORS, RedisClient, connect_redis, describe_redis, describe_redis_url
 from gateway.routing.breaker import PROBE_LEASE_S, BreakerRecord, LocalBreakers
 from gateway.routing.interfaces import Admission, BackendStats, Breakers, BreakerSnapshot, RoutingStats
 from gateway.routing.shared_lua import SCRIPTS, RedisKeys, breaker_from_hash, breaker_from_reply, stats_from_hash
@@ -41,17 +44,13 @@ log = logging.getLogger("gateway.routing")
 
 Clock = Callable[[], float]
 SharedChange = Callable[[bool], None]
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# Redis away, too slow, or (on a cluster) unroutable: all mean "route on local state for now".
+_REDIS_ERRORS = REDIS_ERRORS
 # A queued update: script name, key, and the script's arguments (the clock time first).
 _Update = tuple[str, str, tuple[float | int | str, ...]]
 
 
-def describe_redis_url(url: str) -> str:
-    """`redis at host:port` (never the password)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"redis at unix:{parts.path}"
-    return f"redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+__all__ = ["RedisRoutingState", "SharedChange", "describe_redis_url"]
 
 
 class RedisRoutingState:
@@ -71,13 +70,13 @@ class RedisRoutingState:
 
     def __init__(
         self,
-        url: str,
+        redis: RedisConfig,
         backends: Sequence[str],
         config: RoutingConfig,
         *,
         clock: Clock = time.time,
         replica_id: str | None = None,
-        key_prefix: str = "gateway:routing",
+        key_prefix: str = "gateway:{routing}",
         refresh_s: float = 0.1,
         on_shared_change: SharedChange | None = None,
         replica_ttl_s: float = 5.0,
@@ -86,7 +85,7 @@ class RedisRoutingState:
         max_pending: int = 10_000,
         probe_lease_s: float = PROBE_LEASE_S,
     ) -> None:
-        self.url = url
+        self.redis_config = redis
         self.config = config
         self.clock = clock
         self.replica_id = replica_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -102,7 +101,7 @@ class RedisRoutingState:
         self._on_shared_change = on_shared_change
         self._socket_timeout_s = socket_timeout_s
         self._backends: list[str] = list(dict.fromkeys(backends))
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._shas: dict[str, str] = {}
@@ -127,7 +126,7 @@ class RedisRoutingState:
         return self._shared_ok
 
     def describe(self) -> str:
-        return describe_redis_url(self.url)
+        return describe_redis(self.redis_config)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,14 +135,7 @@ class RedisRoutingState:
         Never fails for an unreachable Redis: routing starts on local state and retries."""
         if self._task is not None:
             return
-        self._redis = aioredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            socket_timeout=self._socket_timeout_s,
-            socket_connect_timeout=self._socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = connect_redis(self.redis_config, decode_responses=True, socket_timeout_s=self._socket_timeout_s)
         await self._sync_once()
         self._task = asyncio.create_task(self._run(), name="shared-routing-state")
 
@@ -227,14 +219,19 @@ class RedisRoutingState:
 
     # -- the sync: one round trip that writes what is queued and reads everything back ---------
 
-    async def _load_scripts(self, client: aioredis.Redis) -> None:
-        pipe = client.pipeline(transaction=False)
-        for source in SCRIPTS.values():
-            pipe.script_load(source)
-        shas = await pipe.execute()
+    async def _load_scripts(self, client: RedisClient) -> None:
+        if isinstance(client, RedisCluster):
+            # SCRIPT LOAD goes to every primary, which a cluster pipeline refuses: one call per script
+            # (only at start and after a Redis lost its scripts).
+            shas = [await client.script_load(source) for source in SCRIPTS.values()]
+        else:
+            pipe = client.pipeline(transaction=False)
+            for source in SCRIPTS.values():
+                pipe.script_load(source)
+            shas = await pipe.execute()
         self._shas = dict(zip(SCRIPTS, shas, strict=True))
 
-    async def _sync(self, client: aioredis.Redis) -> None:
+    async def _sync(self, client: RedisClient) -> None:
         if not self._shas:
             await self._load_scripts(client)
             self._dirty.update(self._own)  # Redis may have lost our counts, or pruned us
@@ -258,12 +255,14 @@ class RedisRoutingState:
             else:
                 pipe.hdel(keys.in_flight(backend), self.replica_id)
         for name, key, args in updates:
-            pipe.evalsha(self._shas[name], 1, key, *args)
+            # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks that method (it cannot
+            # know the keys share a slot; ours do), while EVALSHA itself is routed by its keys.
+            pipe.execute_command("EVALSHA", self._shas[name], 1, key, *args)
         prune = now - self._last_prune >= 6 * self.replica_ttl_s
         if prune:
             in_flight_keys = [keys.in_flight(b) for b in backends]
-            pipe.evalsha(self._shas["prune"], 1 + len(in_flight_keys), keys.replicas, *in_flight_keys,
-                         now - 10 * self.replica_ttl_s)
+            pipe.execute_command("EVALSHA", self._shas["prune"], 1 + len(in_flight_keys), keys.replicas,
+                                 *in_flight_keys, now - 10 * self.replica_ttl_s)
         pipe.zrangebyscore(keys.replicas, now - self.replica_ttl_s, "+inf")
         for backend in backends:
             pipe.hgetall(keys.stats(backend))

@@ -82,6 +82,10 @@ class SpeculativeService:
                 out.setdefault(pair.config.draft, []).append({**entry, "role": "draft"})
         return out
 
+    async def stop_rechecks(self) -> None:
+        """Stop re-probing; the pairs keep serving the requests they have (a replaced state's)."""
+        await self._recheck.stop()
+
     async def aclose(self) -> None:
         await self._recheck.stop()
         await asyncio.gather(*(pair.aclose() for pair in self.pairs.values()), return_exceptions=True)

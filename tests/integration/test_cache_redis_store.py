@@ -18,6 +18,7 @@ import pytest_asyncio
 from redis_server import RedisServer
 
 from gateway.cache.stores import CacheStore, CacheStoreError, RedisStore
+from gateway.config import RedisConfig
 
 T = TypeVar("T")
 GUARD_S = 2.0  # far above the budget: only catches a call that hangs
@@ -44,7 +45,7 @@ async def stores() -> AsyncIterator[StoreFactory]:
     made: list[RedisStore] = []
 
     def make(url: str, **options: Any) -> RedisStore:
-        store = RedisStore(url, **options)
+        store = RedisStore(RedisConfig(url=url), **options)
         made.append(store)
         return store
 

@@ -20,6 +20,7 @@ from gateway.cache.entry import ENTRY_VERSION, CacheEntry
 from gateway.cache.flight import Flight
 from gateway.cache.remote_flight import RemoteFlights, RemoteLead
 from gateway.cache.stores import RedisStore
+from gateway.config import RedisConfig
 
 T = TypeVar("T")
 GUARD_S = 5.0  # far above any poll, budget or lock TTL used here: only catches a hang
@@ -50,7 +51,7 @@ async def replica() -> AsyncIterator[Replicas]:
 
     def make(url: str, owner: str, **options: Any) -> RemoteFlights:
         # A generous budget: these tests are about behaviour, and a busy machine must not open the breaker.
-        store = RedisStore(url, budget_s=1.0, retry_s=60.0)
+        store = RedisStore(RedisConfig(url=url), budget_s=1.0, retry_s=60.0)
         flights = RemoteFlights(store, owner=owner, **{"poll_s": 0.05, **options})
         made.append(flights)
         return flights
@@ -266,7 +267,7 @@ return 1
 async def test_a_lead_that_missed_its_budget_does_not_hold_the_lock(
     redis_server: RedisServer, replica: Replicas
 ) -> None:
-    store = RedisStore(redis_server.url, budget_s=0.05, retry_s=60.0)
+    store = RedisStore(RedisConfig(url=redis_server.url), budget_s=0.05, retry_s=60.0)
     hasty = RemoteFlights(store, owner="hasty", lock_ttl_s=30.0)
     other = replica(redis_server.url, "other")
     try:

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from redis_server import RedisServer
 
+from gateway.config import RedisConfig
 from gateway.experiments.arm_stats import (
     ArmObservation,
     ArmStatsUnavailable,
@@ -30,7 +31,7 @@ async def stores() -> AsyncIterator[Factory]:
     made: list[RedisArmStats] = []
 
     def make(url: str, **options: Any) -> RedisArmStats:
-        store = RedisArmStats(url, **options)
+        store = RedisArmStats(RedisConfig(url=url), **options)
         made.append(store)
         return store
 

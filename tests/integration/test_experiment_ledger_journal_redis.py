@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from redis_server import RedisServer
 
+from gateway.config import RedisConfig
 from gateway.experiments.journal import JournalUnavailable, RedisJournal
 from gateway.experiments.ledger import LedgerUnavailable, RedisLedger, Taken
 from gateway.experiments.timeline import Estimate, HistoryPoint, StopState
@@ -27,7 +28,7 @@ async def ledgers() -> AsyncIterator[LedgerFactory]:
     made: list[RedisLedger] = []
 
     def make(url: str, ttl_s: float = 60.0, **options: Any) -> RedisLedger:
-        ledger = RedisLedger(url, ttl_s, **options)
+        ledger = RedisLedger(RedisConfig(url=url), ttl_s, **options)
         made.append(ledger)
         return ledger
 
@@ -41,7 +42,7 @@ async def journals() -> AsyncIterator[JournalFactory]:
     made: list[RedisJournal] = []
 
     def make(url: str, **options: Any) -> RedisJournal:
-        journal = RedisJournal(url, **options)
+        journal = RedisJournal(RedisConfig(url=url), **options)
         made.append(journal)
         return journal
 

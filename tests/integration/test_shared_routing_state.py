@@ -22,7 +22,7 @@ from gateway_process import REPO_ROOT, free_port
 from redis_server import RedisServer, redis_server_binary
 
 from gateway.backend import BackendLoad
-from gateway.config import BreakerConfig, RoutingConfig, StatsConfig, parse_config
+from gateway.config import BreakerConfig, RedisConfig, RoutingConfig, StatsConfig, parse_config
 from gateway.routing.shared import LocalRoutingState, RedisRoutingState, RoutingState, make_routing_state
 from gateway.routing.stats import LocalStats
 
@@ -61,7 +61,8 @@ async def replicas(request: pytest.FixtureRequest) -> AsyncIterator[ReplicaFacto
 
     def make(url: str, replica_id: str, *, config: RoutingConfig | None = None, **options: Any) -> RedisRoutingState:
         options = {"refresh_s": 0.02, "retry_s": 0.05, "key_prefix": prefix, **options}
-        state = RedisRoutingState(url, BACKENDS, config or RoutingConfig(), replica_id=replica_id, **options)
+        state = RedisRoutingState(RedisConfig(url=url), BACKENDS, config or RoutingConfig(), replica_id=replica_id,
+                                  **options)
         made.append(state)
         return state
 
@@ -186,12 +187,12 @@ async def test_samples_on_one_replica_shape_the_others_stats(
 async def test_a_dead_replicas_in_flight_is_dropped(redis_server: RedisServer, replicas: ReplicaFactory) -> None:
     child = textwrap.dedent(f"""
         import asyncio
-        from gateway.config import RoutingConfig
+        from gateway.config import RedisConfig, RoutingConfig
         from gateway.routing.shared import RedisRoutingState
 
         async def main():
-            state = RedisRoutingState({redis_server.url!r}, ["b1"], RoutingConfig(), replica_id="doomed",
-                                      key_prefix="test:dead", refresh_s=0.02)
+            state = RedisRoutingState(RedisConfig(url={redis_server.url!r}), ["b1"], RoutingConfig(),
+                                      replica_id="doomed", key_prefix="test:dead", refresh_s=0.02)
             await state.start()
             state.stats.started("b1")
             state.stats.started("b1")

@@ -118,6 +118,32 @@ def test_keys_compare_by_digest_and_the_ring_answers_each_case() -> None:
     assert not KeyRing(None).enabled
 
 
+class _Stored:
+    def __init__(self, name: str, *, revoked: bool = False, models: list[str] | None = None) -> None:
+        self.name, self.tenant, self.models, self.revoked = name, f"t-{name}", models or ["*"], revoked
+
+
+def test_stored_keys_join_the_configured_ones_and_never_override_them() -> None:
+    ring = KeyRing(msgspec.convert(CONFIG["auth"], AuthConfig))
+    ring.use_stored({key_digest("sk-bot"): _Stored("bot", models=["m1"]),
+                     key_digest(TEAM_A): _Stored("hijack"),  # a configured key's digest: the config wins
+                     key_digest("sk-dup"): _Stored("team-a")})  # a configured key's name: ignored
+    bot = ring.authenticate(b"Bearer sk-bot")
+    assert (bot.name, bot.tenant, bot.allows("m1"), bot.allows("m2")) == ("bot", "t-bot", True, False)
+    assert ring.authenticate(b"Bearer " + TEAM_A.encode()).tenant == "acme"
+    with pytest.raises(Exception, match="invalid API key"):
+        ring.authenticate(b"Bearer sk-dup")
+    # A later read replaces the earlier one whole: revoked, and a key gone from Redis is gone here.
+    ring.use_stored({key_digest("sk-bot"): _Stored("bot", revoked=True)})
+    with pytest.raises(Exception, match="revoked"):
+        ring.authenticate(b"Bearer sk-bot")
+    ring.use_stored({})
+    with pytest.raises(Exception, match="invalid API key"):
+        ring.authenticate(b"Bearer sk-bot")
+    listing = ring.describe()
+    assert {k["name"] for k in listing} == {"team-a", "team-b", "old"} and "sha256" not in str(listing)
+
+
 @pytest.mark.parametrize(("auth", "expected"), [
     ({"keys": [{"name": "a", "sha256": "abc"}]}, "auth.keys[0].sha256: not a SHA-256 hex digest"),
     ({"keys": [{"name": "a", "sha256": key_digest("x")}, {"name": "a", "sha256": key_digest("y")}]},
@@ -128,6 +154,9 @@ def test_keys_compare_by_digest_and_the_ring_answers_each_case() -> None:
     ({"admin_keys": ["nope"]}, "auth.admin_keys[0]: not a SHA-256 hex digest"),
     ({}, "auth: no keys and no admin_keys"),
     ({"keys": [{"name": "a", "key": "plain"}]}, "auth.keys[0]"),
+    ({"admin_keys": [key_digest("x")], "store": "redis"}, "auth.store: 'redis' needs a redis section"),
+    ({"admin_keys": [key_digest("x")], "refresh_s": 0}, "auth.refresh_s: must be positive"),
+    ({"admin_keys": [key_digest("x")], "store": "file"}, "auth"),
 ])
 def test_bad_auth_sections_are_refused_with_the_path(auth: dict[str, Any], expected: str) -> None:
     raw = {**{k: v for k, v in CONFIG.items() if k != "auth"}, "auth": auth}

@@ -95,7 +95,7 @@ def test_cache_config_is_validated_with_paths() -> None:
         parse_config(raw, env={})
     problems = "\n".join(caught.value.problems)
     assert "routes[0].cache.mode" in problems and "deterministic" in problems
-    assert "cache.store: 'redis' needs redis.url" in problems
+    assert "cache.store: 'redis' needs a redis section" in problems
     assert "cache.budget_ms: must be positive" in problems
     raw["routes"][0]["cache"] = {"ttl_s": 0}
     with pytest.raises(ConfigError) as caught:

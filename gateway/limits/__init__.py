@@ -1,0 +1,1 @@
+"""Per-key limits: requests and tokens per minute (GCRA) and spend budgets, shared through Redis."""

@@ -1,0 +1,1 @@
+"""Running the gateway as a service: hot config reload and draining on shutdown."""
