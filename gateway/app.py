@@ -28,6 +28,8 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError
 from gateway.ops.live_state import LiveState
 from gateway.ops.reload import ConfigReloader
+from gateway.ops.worker_metrics import ENV as METRICS_DIR_ENV
+from gateway.ops.worker_metrics import WorkerMetrics
 from gateway.plugins import BackendRegistry, load_backend_registry
 from gateway.schemas import RequestKind
 from gateway.state import GatewayState
@@ -97,9 +99,12 @@ def create_app(
                 _on_sighup(reloader)
         if handle_signals:
             _drain_on_stop(live)
+        workers = _worker_metrics(live)
         try:
             yield
         finally:
+            if workers is not None:
+                await workers.aclose()
             if reloader is not None:
                 await reloader.aclose()
             await live.current.shutdown()
@@ -118,6 +123,18 @@ def create_app(
     app.state.reloader = reloader
     live.on_swap(lambda new: setattr(app.state, "gateway", new))
     return app
+
+
+def _worker_metrics(live: LiveState) -> WorkerMetrics | None:
+    """Under `gateway serve --workers N` (the parent sets the directory), /metrics merges every worker's."""
+    directory = os.environ.get(METRICS_DIR_ENV)
+    if not directory:
+        return None
+    metrics = live.current.metrics  # one object for the process's life: a reload carries it over
+    workers = WorkerMetrics(directory, metrics.render_own)
+    metrics.combine = workers.collect
+    workers.start()
+    return workers
 
 
 def _drain_on_stop(live: LiveState) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +149,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from granian.constants import Interfaces, Loops
 
         os.environ["GATEWAY_CONFIG"] = config_path
-        Granian(
-            "gateway.app:app_from_env", factory=True, address=host, port=port, interface=Interfaces.ASGI,
-            workers=workers, loop=Loops.uvloop, log_level=args.log_level,
-        ).serve()
+        with _shared_metrics_dir() if workers > 1 else contextlib.nullcontext():
+            Granian(
+                "gateway.app:app_from_env", factory=True, address=host, port=port, interface=Interfaces.ASGI,
+                workers=workers, loop=Loops.uvloop, log_level=args.log_level,
+            ).serve()
         return 0
     import uvicorn
 
@@ -168,7 +171,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # ready before an old one drains: a config with problems never gets a worker up, so the old
         # ones keep serving.
         os.environ["GATEWAY_CONFIG"] = config_path
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
+        with _shared_metrics_dir():
+            uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
         return 0
 
     from gateway.app import build_state, create_app
@@ -178,6 +182,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      handle_signals=True)
     uvicorn.run(app, **options)
     return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics_dir() -> Iterator[None]:
+    """Where the workers publish their metrics, so a scrape of any one answers for all of them."""
+    import shutil
+    import tempfile
+
+    from gateway.ops.worker_metrics import ENV
+
+    directory = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ[ENV] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

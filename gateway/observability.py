@@ -102,6 +102,8 @@ class Metrics:
         self._cache_seen: dict[tuple[object, ...], float] = {}
         # Gauges that mirror live state are set just before each scrape, not on the hot path.
         self.before_render: Callable[[], None] | None = None
+        # `gateway serve --workers N`: every worker's numbers merged (gateway/ops/worker_metrics.py).
+        self.combine: Callable[[], bytes] | None = None
         self._children: dict[tuple[object, ...], object] = {}
 
     def _child(self, metric: Counter | Histogram | Gauge, *labels: str) -> object:
@@ -169,6 +171,12 @@ class Metrics:
             self._cache_seen[key] = total
 
     def render(self) -> bytes:
+        """The exposition a scrape gets: this process's, or every worker's merged (`combine`)."""
+        if self.combine is not None:
+            return self.combine()
+        return self.render_own()
+
+    def render_own(self) -> bytes:
         if self.before_render is not None:
             self.before_render()
         return generate_latest(self.registry)

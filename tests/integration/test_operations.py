@@ -160,10 +160,15 @@ def test_workers_share_the_port_and_roll_on_sighup(tmp_path: Path, fake: FakeOpe
         before = set(worker_pids(gateway))
         for _ in range(6):
             assert status_of(gateway, "ok") == 200
+        # Whichever worker answers the scrape, it counts every worker's requests (published every 2 s).
+        wait_for(lambda: answered(gateway) == 6.0, timeout=10.0, what="/metrics to count all 6 requests")
+        assert all(answered(gateway) == 6.0 for _ in range(6))
         gateway.process.send_signal(signal.SIGHUP)
         wait_for(lambda: len(set(worker_pids(gateway)) - before) == 2 and len(worker_pids(gateway)) == 2,
                  timeout=60.0, what="both workers replaced")
         assert status_of(gateway, "ok") == 200
+        # The replaced workers' counts stay in the totals: counters never go down on a roll.
+        wait_for(lambda: answered(gateway) == 7.0, timeout=10.0, what="/metrics to count 7 after the roll")
 
 
 def test_workers_refuse_backends_the_gateway_launches(tmp_path: Path) -> None:
@@ -175,6 +180,14 @@ def test_workers_refuse_backends_the_gateway_launches(tmp_path: Path) -> None:
     gateway.stop()
     assert code == 1
     assert "every worker would start its own server" in gateway.log_text()
+
+
+def answered(gateway: GatewayProcess) -> float:
+    """gateway_requests_total for route ok, status 200, as one scrape of /metrics reports it."""
+    with httpx.Client(timeout=5.0) as client:
+        text = client.get(gateway.url + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("gateway_requests_total{") and 'route="ok"' in line and 'status="200"' in line)
 
 
 def ready_status(gateway: GatewayProcess) -> int | None:
