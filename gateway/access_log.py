@@ -47,6 +47,7 @@ class AccessLine(msgspec.Struct, gc=False):
     route: str
     backend: str  # "cache" when the response cache answered, "" when no backend did
     status: int
+    error: str  # a stream cut after its first byte: its error event's code (status stays 200); else ""
     stream: bool
     cache: str  # hit | miss | coalesced | bypass, "" before the cache was reached
     speculative: bool
@@ -103,7 +104,7 @@ class AccessLog:
         return self._encode(AccessLine(
             self._time(record.wall_start), record.request_id.decode("ascii", "replace"), record.key_name,
             record.tenant, PATHS[record.kind], record.model[:_MAX_MODEL], record.route, record.backend,
-            record.status, record.stream, record.cache, record.speculative, record.input_tokens,
+            record.status, record.error, record.stream, record.cache, record.speculative, record.input_tokens,
             record.output_tokens, record.cost_usd, int((finished - started) * 1e6) / 1000.0,
             None if first is None else int((first - started) * 1e6) / 1000.0,
         ))

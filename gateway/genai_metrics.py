@@ -139,7 +139,7 @@ class _Children:
         self.tpot: list[float] | None = None
         self.input: list[float] | None = None
         self.output: list[float] | None = None
-        self.errors: dict[int, list[float]] = {}
+        self.errors: dict[int | str, list[float]] = {}
 
     def ready(self, slot: str, histogram: LoopHistogram, labels: tuple[str, ...]) -> list[float]:
         """Make the series of `slot` (ok, ttft, tpot, input, output) on its first observation."""
@@ -147,7 +147,7 @@ class _Children:
         setattr(self, slot, series)
         return series
 
-    def error(self, status: int) -> list[float]:
+    def error(self, status: int | str) -> list[float]:
         series = self.errors.get(status)
         if series is None:
             series = self.errors[status] = self.metrics.duration.child((*self.labels, str(status)))
@@ -184,8 +184,10 @@ class GenAISink:
         metrics = self.metrics
         started = record.started
         duration = (record.finished_at if record.finished_at is not None else time.perf_counter()) - started
-        if record.status >= 400:  # error_type: the status the client got (499: it went away first)
-            series = c.error(record.status)
+        if record.status >= 400 or record.error:
+            # error_type: the status the client got (499: it went away first), or for a stream cut after
+            # its first byte (status 200, already sent) the code of the error event that ended it.
+            series = c.error(record.status if record.status >= 400 else record.error)
             series[bisect_left(DURATION_BUCKETS, duration)] += 1
             series[-1] += duration
             return

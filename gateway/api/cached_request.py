@@ -220,6 +220,8 @@ class CachedRequest:
             await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
             await send(_END)
             self._count("coalesced")
+            if self.record is not None:
+                self.record.error = "upstream_stream_failed"
             return CACHE_LABEL
         done = flight.entry
         assert done is not None  # `follow` returns only once the flight completed

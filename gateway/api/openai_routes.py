@@ -321,6 +321,7 @@ class OpenAIHandler:
                 await response.stream(send, headers)
                 if response.failed:
                     ctx.state.metrics.observe_stream_error(ctx.route.model, target)
+                    ctx.record.error = "backend_error"
             else:
                 await response.whole(send, headers)
             ok = not response.failed

@@ -16,9 +16,10 @@ from gateway.schemas import RequestKind
 
 class RequestRecord:
     """One request's outcome. Times are `time.perf_counter()` values; `cache` is "" when the
-    route has no cache, else hit | miss | coalesced | bypass."""
+    route has no cache, else hit | miss | coalesced | bypass; `error` is the code of the error event
+    that ended a stream after its first byte (its status stays 200: the headers had gone out)."""
 
-    __slots__ = ("backend", "cache", "cost_usd", "finished_at", "first_token_at", "input_tokens", "key_name",
+    __slots__ = ("backend", "cache", "cost_usd", "error", "finished_at", "first_token_at", "input_tokens", "key_name",
                  "kind", "model", "output_tokens", "request_id", "route", "speculative", "started", "status",
                  "stream", "tenant", "wall_start")
 
@@ -35,6 +36,7 @@ class RequestRecord:
         self.status = 200
         self.stream = False
         self.cache = ""
+        self.error = ""
         self.speculative = False
         self.input_tokens = 0
         self.output_tokens = 0

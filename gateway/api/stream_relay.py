@@ -106,6 +106,8 @@ class StreamRelay:
             resumed = await self._resume(failed) if len(failed) <= MAX_RESUMES else None
             if resumed is None:
                 await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
+                if self.record is not None:
+                    self.record.error = error.code or "stream_error"
                 break
             result = resumed
             assert progress is not None

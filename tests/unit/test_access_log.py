@@ -162,3 +162,27 @@ def test_a_reload_keeps_the_writer_and_the_series_unless_the_section_changed(tmp
     off = GatewayState(gateway_config({**raw, "logging": {"access": False}}), fake_registry(), upstream=FakeUpstream(),
                        previous=same)
     assert off.access_log is None and "access_log" not in off.carried
+
+
+async def test_a_stream_cut_after_its_first_byte_is_marked_in_the_line_and_the_metrics(tmp_path: Path) -> None:
+    from gateway.backend import BackendUnavailable
+
+    from .fakes import DONE, ScriptedStream, chunk_event
+
+    log = tmp_path / "access.log"
+    async with running_gateway(config(log)) as gw:
+        gw.backend().stream_factory = lambda: ScriptedStream(
+            [chunk_event("partial"), BackendUnavailable("f1", "connection reset mid-stream")])
+        response = await gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+        assert response.status_code == 200  # the headers had gone out before the cut
+        event = next(line for line in response.text.splitlines() if '"error"' in line)
+        code = msgspec.json.decode(event.removeprefix("data: "))["error"]["code"]
+        assert "[DONE]" not in response.text
+        gw.backend().stream_factory = lambda: ScriptedStream([chunk_event("whole"), DONE])
+        ok = await gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+        metrics = (await gw.client.get("/metrics")).text
+    cut, whole = lines(log)
+    assert code and cut["status"] == 200 and cut["error"] == code
+    assert ok.status_code == 200 and whole["error"] == ""
+    assert any(line.startswith("gen_ai_server_request_duration_seconds_count{") and f'error_type="{code}"' in line
+               and line.endswith(" 1.0") for line in metrics.splitlines())
