@@ -261,6 +261,18 @@ async def test_single_flight_across_replicas(mode: str, redis_config: RedisConfi
     assert (await returns(a.lead(digest))) is not None  # the lock was released: a new flight may start
 
 
+async def flushed(writer: Any, within: float = 10.0) -> bool:
+    """A writer's flush, tried again while it returns False: the writers keep what Redis did not take
+    and try again (their contract), and a cluster's first call (slot map, connections, script load)
+    can run over a flush's budget on a loaded 2-core machine."""
+    deadline = time.monotonic() + within
+    while not await returns(writer.flush()):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 async def _collect(flight: Flight) -> list[bytes]:
     return [payload async for payload in flight.follow(GUARD_S)]
 
@@ -280,7 +292,7 @@ async def test_experiment_stats_ledger_and_journal(mode: str, redis_config: Redi
     stores[1].record_feedback(experiment, "control", 1.0, "good")
     reference.record_feedback(experiment, "control", 1.0, "good")
     for store in stores:
-        assert await returns(store.flush())
+        assert await flushed(store)
     got, want = await returns(stores[0].totals(experiment)), await reference.totals(experiment)
     assert set(got) == {"control", "cand:1"}
     for arm in want:
@@ -294,7 +306,7 @@ async def test_experiment_stats_ledger_and_journal(mode: str, redis_config: Redi
     closing.extend([one, two])
     for i in range(30):  # one flush script over many requests' keys: they share the experiments' tag
         one.remember(f"{mode}-req-{i}", f"tenant-{i % 3}", experiment, "cand:1")
-    assert await returns(one.flush())
+    assert await flushed(one)
     assert await returns(two.take(f"{mode}-req-4", "tenant-1")) == Taken(found=(experiment, "cand:1"))
     assert await returns(one.take(f"{mode}-req-4", "tenant-1")) == Taken(already_used=True)
     assert await returns(two.take(f"{mode}-req-4", "tenant-2")) == Taken()
