@@ -46,15 +46,11 @@ def keys_admin(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    if args.url:
-        base = args.url.rstrip("/")
-    else:
-        try:
-            base = admin_url(_load(args.config), "")
-        except (ConfigError, PluginError) as err:
-            print(err, file=sys.stderr)
-            return 1
-    url = base + "/admin/keys"
+    try:
+        url = _endpoint_url(args, "/admin/keys")
+    except (ConfigError, PluginError) as err:
+        print(err, file=sys.stderr)
+        return 1
     if args.action in ("add", "revoke") and not args.name:
         print(f"error: keys {args.action} needs --name", file=sys.stderr)
         return 1
@@ -180,13 +176,13 @@ def _admin_call(request: Any) -> Any:
         raise _AdminError(f"{url} did not answer with JSON: {err}") from err
 
 
-def _experiments_url(args: argparse.Namespace) -> str:
-    """The gateway's /admin/experiments URL: from --url (the gateway's base URL), else from the config."""
+def _endpoint_url(args: argparse.Namespace, path: str) -> str:
+    """The gateway's admin endpoint `path`: from --url (the gateway's base URL, or the endpoint itself, as
+    `cache --url` takes its endpoint), else from the config's server.host and server.port."""
     if args.url:
         base = args.url.rstrip("/")
-        # Accept the endpoint itself too, as `cache --url` takes its endpoint.
-        return base if base.endswith("/admin/experiments") else base + "/admin/experiments"
-    return admin_url(_load(args.config), "/admin/experiments")
+        return base if base.endswith(path) else base + path
+    return admin_url(_load(args.config), path)
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -196,7 +192,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     import msgspec
 
     try:
-        url = _experiments_url(args)
+        url = _endpoint_url(args, "/admin/experiments")
     except (ConfigError, PluginError) as err:
         print(err, file=sys.stderr)
         return 1
