@@ -14,18 +14,22 @@ on Redis Cluster one flush script can write them all; names percent-escaped so '
                                                      input_tokens, output_tokens, cost_usd, cost_sumsq,
                                                      fb_n, fb_scored, fb_sum, fb_sumsq, label:<l>,
                                                      agree_n, agree_exact, sim_sum, sim_sumsq
+    {p}flushed:{writer}                        STRING the number of the writer's last applied flush
 
 `record` never waits: `RedisArmStats` merges observations into a local batch and a background task
 writes each batch every `flush_interval_s` as one script call, so Redis sees one round trip per
 interval however busy the replica is. While Redis is away, unwritten batches are kept, at most
-`max_pending_batches` of them (the oldest is dropped first); a batch is retried whole, and a
-script runs atomically, so a batch is applied entirely or not at all (a reply lost after EXEC ran can still
-count it twice, the usual at-least-once trade).
+`max_pending_batches` of them (the oldest is dropped first). A flush is applied exactly once: a
+script runs atomically (all or nothing), and each flush carries this writer's id and a sequence
+number that the script records beside the data, in `{p}flushed:{writer}`; a flush that failed is
+sent again with the same number and the same batches, so when Redis had applied it and only the
+reply was lost (a timeout), the repeat is recognised and skipped rather than counted twice.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from typing import Any, Literal, Protocol
 
@@ -46,7 +50,14 @@ log = logging.getLogger("gateway.experiments")
 # values are strings so no number is rounded on the way. Items: [key index, "s", member] adds to a
 # set; [key index, "h", [field, n, ...], [field, x, ...], min, max] increments a hash (min/max
 # optional: a sketch's extremes, kept by compare-and-set since they are not sums).
+#
+# KEYS[#KEYS] is the writer's sequence key: a flush numbered at or below the last one applied is a
+# repeat of one whose reply was lost, and is skipped (returns 0). It expires a day after the writer's
+# last flush, so writers that are gone (restarts, reloads) leave nothing behind.
 _FLUSH_LUA = """
+local seq_key = KEYS[#KEYS]
+local last = tonumber(redis.call('GET', seq_key) or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
 for _, item in ipairs(cjson.decode(ARGV[1])) do
   local key = KEYS[item[1]]
   if item[2] == 's' then
@@ -63,8 +74,10 @@ for _, item in ipairs(cjson.decode(ARGV[1])) do
     end
   end
 end
+redis.call('SET', seq_key, ARGV[2], 'EX', ARGV[3])
 return 1
 """
+_SEQUENCE_TTL_S = 86_400
 
 
 class ArmStatsUnavailable(Exception):
@@ -166,6 +179,12 @@ class RedisArmStats(FlushedRedisWriter, _RecordsIntoTotals):
         self._flush_script = self.redis.register_script(_FLUSH_LUA)
         self._current: Batch = {}
         self._pending: deque[Batch] = deque()
+        # Exactly-once flushes: this writer's id, the number of its latest flush, and how many of the
+        # oldest pending batches that flush holds while unconfirmed (0: none in doubt). Until it is
+        # confirmed, a retry sends those same batches under the same number.
+        self.writer_id = uuid.uuid4().hex
+        self._seq = 0
+        self._in_doubt = 0
 
     @property
     def pending_batches(self) -> int:
@@ -189,24 +208,32 @@ class RedisArmStats(FlushedRedisWriter, _RecordsIntoTotals):
                 self._current = {}
             while len(self._pending) > self.max_pending_batches:
                 lost = self._pending.popleft()
+                # A batch of an unconfirmed flush leaves it; the flush keeps its number, so if Redis had
+                # applied it, the rest is still recognised as a repeat.
+                self._in_doubt = max(0, self._in_doubt - 1)
                 self.dropped += sum(t.requests + t.feedback_count for t in lost.values())
                 if not self._warned_drop:  # once per outage: the guard already logged the outage itself
                     self._warned_drop = True
                     log.warning("experiment stats: Redis unreachable for %d flushes, dropping the oldest",
                                 self.max_pending_batches)
-            if not self._pending:
-                return True
-            sending = len(self._pending)
-            try:
-                await self.guard.call("flush", lambda: self._write(list(self._pending)[:sending]))
-            except RedisCallFailed:
-                return False
-            for _ in range(sending):
-                self._pending.popleft()
+            # One flush in doubt is settled first (same batches, same number); batches that came after
+            # it go in the next flush, in the same call.
+            while self._pending:
+                if not self._in_doubt:
+                    self._seq += 1
+                    self._in_doubt = len(self._pending)
+                batches = list(self._pending)[:self._in_doubt]
+                try:
+                    await self.guard.call("flush", lambda: self._write(batches, self._seq))  # noqa: B023 (awaited here)
+                except RedisCallFailed:
+                    return False
+                for _ in batches:
+                    self._pending.popleft()
+                self._in_doubt = 0
             self._warned_drop = False
             return True
 
-    async def _write(self, batches: list[Batch]) -> None:
+    async def _write(self, batches: list[Batch], seq: int) -> None:
         # Merging here rather than before `guard.call` means an open breaker costs no CPU.
         merged: Batch = {}
         for batch in batches:
@@ -235,7 +262,9 @@ class RedisArmStats(FlushedRedisWriter, _RecordsIntoTotals):
                     counts, sums = sketch.to_increments()
                     hash_item(self._key(experiment, base + metric), counts, sums, sketch.extreme_fields())
         if items:
-            await self._flush_script(keys=keys, args=[msgspec.json.encode(items)], client=self.redis)
+            keys.append(f"{self.key_prefix}flushed:{self.writer_id}")
+            await self._flush_script(keys=keys, args=[msgspec.json.encode(items), seq, _SEQUENCE_TTL_S],
+                                     client=self.redis)
 
     async def totals(self, experiment: str) -> dict[str, ArmTotals]:
         """Arm name to merged totals of every replica's flushed data; raises `ArmStatsUnavailable`."""

@@ -121,3 +121,44 @@ async def test_killed_redis_never_reaches_record(redis_server: RedisServer, stor
     await asyncio.wait_for(store.aclose(), 2.0)  # final flush fails, logged, not raised
     assert not any(r.levelname == "ERROR" for r in caplog.records)
     assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+async def test_a_flush_whose_reply_was_lost_is_not_counted_twice(redis_server: RedisServer,
+                                                                  stores: Factory) -> None:
+    """Redis applied the flush but the reply never came (a timeout): the retry is the same flush under
+    the same number, which the script recognises and skips; later batches still land once."""
+    import redis.exceptions
+
+    store = stores(redis_server.url, retry_s=0.01)  # not started: this test flushes by hand
+    real = store._flush_script
+    applied = 0
+
+    async def reply_lost(**kwargs: Any) -> Any:
+        nonlocal applied
+        applied += 1
+        await real(**kwargs)
+        raise redis.exceptions.TimeoutError("the reply was lost")
+
+    reference = InProcessArmStats()
+    first, later = observations(40, seed=5), observations(25, seed=6)
+    for ob in first:
+        store.record(ob)
+        reference.record(ob)
+    store._flush_script = reply_lost  # type: ignore[assignment]
+    assert not await store.flush() and applied == 1
+    store._flush_script = real
+    for ob in later:  # recorded while the first flush is in doubt: they go in a flush of their own
+        store.record(ob)
+        reference.record(ob)
+    for _ in range(200):  # the guard may hold off a moment after the failure
+        if await store.flush():
+            break
+        await asyncio.sleep(0.01)
+    assert store.pending_batches == 0
+    got, want = await store.totals("exp/1"), await reference.totals("exp/1")
+    assert got.keys() == want.keys()
+    for arm in want:
+        assert_same(got[arm], want[arm])
+    sequence_key = f"{store.key_prefix}flushed:{store.writer_id}"
+    assert int(await store.redis.get(sequence_key)) == 2  # the first flush and the later one
+    assert 0 < await store.redis.ttl(sequence_key) <= 86_400
