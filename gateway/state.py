@@ -54,7 +54,8 @@ class GatewayState:
         """`previous`: the state this one replaces on a config reload. What the new config leaves
         unchanged is taken over rather than rebuilt (see `carried`): a backend with the same config
         (its managed server keeps running), the upstream client, the routing state, the response
-        cache, and always the metrics (counters must not restart at zero)."""
+        cache, and always the metrics (counters must not restart at zero) and the per-backend
+        concurrency counts (limits hold across the swap)."""
         self.config = config
         self.open_requests = 0  # OpenAI requests being served from this state (a reload waits for them)
         self.carried: set[str] = set()  # what was taken over from `previous`: "upstream", "routing", ...
@@ -86,6 +87,10 @@ class GatewayState:
                 continue
             factory = registry.types[backend_config.plugin]
             self.backends[backend_config.name] = factory(backend_config, context)
+        if self.tracer is not None and previous is not None and previous.tracer is None and self.carried_backends:
+            log.warning("tracing turned on by a reload: backends kept from the previous config (%s) do not send "
+                        "traceparent until they are rebuilt (a change to their settings, or a restart)",
+                        ", ".join(sorted(self.carried_backends)))
         self.routes = RouteTable([
             Route(
                 model=r.model,
@@ -101,8 +106,11 @@ class GatewayState:
             routing = reuse.routing
             self.carried.add("routing")
         self.routing = routing or make_routing_state(config, on_shared_change=self.metrics.set_shared_state)
+        # Concurrency counts are per backend name and outlive a reload: requests still running on the old
+        # config hold their slots against the new limits, and waiters of both queue in one line.
         self.dispatcher = Dispatcher(
-            self.health, self.routing, config.routing.stats, on_attempt_failed=self.metrics.observe_attempt_failure
+            self.health, self.routing, config.routing.stats, on_attempt_failed=self.metrics.observe_attempt_failure,
+            slots=previous.dispatcher.slots if previous is not None else None,
         )
         self.monitor = HealthMonitor(
             list(self.backends.values()), self.health, config.server.health_interval_s,
@@ -113,7 +121,8 @@ class GatewayState:
             self.carried.add("cache")
         else:
             self.cache = ResponseCache(config.cache, config.redis)
-        self.experiments = ExperimentService(config, self.routes, self.backends)
+        self.experiments = ExperimentService(config, self.routes, self.backends,
+                                             previous=previous.experiments if previous is not None else None)
         self.speculative_metrics = (previous.speculative_metrics if previous is not None
                                     else SpeculativeMetrics(self.metrics.registry))
         self.speculative = SpeculativeService(

@@ -139,9 +139,13 @@ class RequestTracer:
                 attributes["gateway.ttft_s"] = ttft
             if record.status >= 400:
                 attributes["error.type"] = str(record.status)
+            elif record.error:  # a stream cut after its first byte: 200 sent, then an error event
+                attributes["error.type"] = record.error
             span.set_attributes(attributes)
             if record.status >= 500:  # a server span's 4xx is the caller's error, not the gateway's
                 span.set_status(self._error(f"HTTP {record.status}"))
+            elif record.status < 400 and record.error:
+                span.set_status(self._error(f"stream ended by an error event: {record.error}"))
         finally:
             span.end()
             self._detach(token)  # type: ignore[arg-type]

@@ -59,7 +59,10 @@ class ExperimentService:
     """Every experiment and shadow of this gateway, and where their numbers are kept."""
 
     def __init__(self, config: GatewayConfig, table: RouteTable, backends: dict[str, Any], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, previous: ExperimentService | None = None) -> None:
+        """`previous`: the service of the config this one replaces (a reload). Numbers kept in this
+        process (no Redis) are taken over from it, so a reload does not restart an experiment's counts,
+        history or stop, just as one kept in Redis would not."""
         self.settings = config.experiments
         self.routes: dict[str, RouteExperiments] = build_route_experiments(config, table, backends, clock=clock)
         self.live: dict[str, LiveExperiment] = {r.live.name: r.live for r in self.routes.values() if r.live}
@@ -76,6 +79,11 @@ class ExperimentService:
                                       flush_interval_s=self.settings.flush_interval_s)
             self.journal = RedisJournal(redis)
             self.where = "redis"
+        elif previous is not None and previous.where == "memory":
+            self.store, self.journal = previous.store, previous.journal
+            same_ttl = previous.settings.feedback_ttl_s == self.settings.feedback_ttl_s
+            self.ledger = previous.ledger if same_ttl else InProcessLedger(self.settings.feedback_ttl_s)
+            self.where = "memory"
         else:
             self.store = InProcessArmStats()
             self.ledger = InProcessLedger(self.settings.feedback_ttl_s)

@@ -104,7 +104,10 @@ class Dispatcher:
         timer: Timer = time.perf_counter,
         clock: Callable[[], float] = time.time,
         on_attempt_failed: AttemptObserver | None = None,
+        slots: BackendSlots | None = None,
     ) -> None:
+        """`slots`: the concurrency counts and wait queues to use; a reload passes its predecessor's, so
+        requests still running on the old config count against the new one's limits (no 2x in a drain)."""
         self.health = health
         self.stats = routing.stats
         self.breakers = routing.breakers
@@ -115,7 +118,7 @@ class Dispatcher:
         self._clock = clock  # the breakers' clock, to say how long one stays open
         self._on_attempt_failed = on_attempt_failed
         # This process's requests open per backend (concurrency limits), and those waiting for a slot.
-        self.slots = BackendSlots()
+        self.slots = slots if slots is not None else BackendSlots()
         self._active = self.slots.active
         self._throttled_until: dict[str, float] = {}  # timer value before which a 429'd backend is not retried
         self._policies: dict[tuple[str, str], Policy] = {}

@@ -142,6 +142,56 @@ async def test_a_stream_running_across_a_reload_finishes_on_its_own_config(tmp_p
         assert "\ngateway_in_flight_requests 0.0" in (await gw.client.get("/metrics")).text
 
 
+async def test_concurrency_limits_hold_across_a_reload(tmp_path: Path) -> None:
+    """A request still running on the old config holds its backend's slot in the new one: a reload
+    must not let a backend take max_concurrency more requests while the old ones drain."""
+    def limited(weight: int) -> dict[str, Any]:
+        raw = config({"alpha": ["f1"]}, ["f1"])
+        # A changed option makes the reload build a new f1: the count belongs to the name, not the object.
+        raw["backends"][0].update(max_concurrency=1, options={"weight": weight})
+        return raw
+
+    async with reloadable(tmp_path, limited(1)) as gw:
+        old_f1 = gw.backend("f1")
+        old_f1.stream_factory = lambda: slow_stream(6, 0.1)
+        running = asyncio.create_task(post(gw, {**CHAT, "model": "alpha", "stream": True}))  # type: ignore[arg-type]
+        for _ in range(500):
+            if old_f1.streams:
+                break
+            await asyncio.sleep(0.01)
+        gw.write(limited(2))
+        status, outcome = await gw.reload()
+        assert status == 200 and gw.backend("f1") is not old_f1, outcome
+        refused = await gw.chat("alpha")
+        assert refused.status_code == 503 and "concurrency limit" in refused.json()["error"]["message"]
+        assert (await running).status_code == 200
+        assert (await gw.chat("alpha")).status_code == 200  # the slot came back with the old request's end
+        assert gw.live.current.dispatcher.slots.active["f1"] == 0
+
+
+async def test_in_process_experiment_numbers_carry_on_across_a_reload(tmp_path: Path) -> None:
+    def with_experiment(**server: Any) -> dict[str, Any]:
+        raw = config({"chat": ["f1"]}, ["f1", "f2"], **server)
+        raw["routes"][0]["experiment"] = {"name": "ab", "arms": {"control": "f1", "candidate": "f2"}}
+        return raw
+
+    async def arms(gw: Reloadable) -> dict[str, Any]:
+        response = await gw.client.get("/admin/experiments/ab")
+        assert response.status_code == 200, response.text
+        return {arm: (body["assigned"], body["requests"]) for arm, body in response.json()["arms"].items()}
+
+    async with reloadable(tmp_path, with_experiment()) as gw:
+        for _ in range(6):
+            assert (await gw.chat("chat")).status_code == 200
+        before = await arms(gw)
+        assert sum(requests for _, requests in before.values()) == 6
+        gw.write(with_experiment(health_interval_s=1.0))
+        assert (await gw.reload())[0] == 200
+        assert await arms(gw) == before  # not restarted at zero
+        assert (await gw.chat("chat")).status_code == 200
+        assert sum(requests for _, requests in (await arms(gw)).values()) == 7
+
+
 async def test_counters_carry_on_across_a_reload(tmp_path: Path) -> None:
     async with reloadable(tmp_path, config({"alpha": ["f1"]}, ["f1"])) as gw:
         for _ in range(3):

@@ -27,7 +27,7 @@ from gateway.tracing import make_tracer
 from gateway.upstream import UpstreamResponse, UpstreamTimeouts
 
 from .conftest import GatewayUnderTest
-from .fakes import BACKEND_MODEL, FakeUpstream, fake_registry, gateway_config, make_backend
+from .fakes import BACKEND_MODEL, FakeUpstream, ScriptedStream, chunk_event, fake_registry, gateway_config, make_backend
 
 CONFIG: dict[str, Any] = {
     "backends": [{"name": "f1", "plugin": "fake", "model": BACKEND_MODEL, "url": "http://gpu-1:8000"},
@@ -138,6 +138,20 @@ async def test_a_stream_attempt_ends_at_the_first_token_and_the_request_span_at_
     assert 0 < server.attributes["gateway.ttft_s"]  # type: ignore[operator]
 
 
+async def test_a_stream_cut_after_its_first_byte_marks_the_request_span_in_error() -> None:
+    async with traced_gateway() as (gw, exporter):
+        gw.backend("f1").stream_factory = lambda: ScriptedStream(
+            [chunk_event("partial"), BackendUnavailable("f1", "connection reset mid-stream")])
+        response = await gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert response.status_code == 200 and "[DONE]" not in response.text  # the cut came after the headers
+        spans = exporter.get_finished_spans()
+    [server] = by_kind(spans, SpanKind.SERVER)
+    attributes = server.attributes or {}
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["error.type"] and attributes["error.type"] in response.text  # the error event's code
+    assert server.status.status_code == StatusCode.ERROR
+
+
 async def test_an_incoming_traceparent_continues_the_callers_trace_and_its_sampling() -> None:
     # Sampling new traces at 0: only the caller's sampled trace is recorded, as its child.
     async with traced_gateway(sample_ratio=0.0) as (gw, exporter):
@@ -186,6 +200,20 @@ async def test_an_attempt_sends_its_traceparent_to_the_backend() -> None:
     version, trace_id, span_id, flags = sent["traceparent"].split("-")
     assert (version, trace_id, span_id) == ("00", f"{attempt.context.trace_id:032x}", f"{attempt.context.span_id:016x}")
     assert int(flags, 16) & 1  # sampled
+
+
+async def test_tracing_turned_on_by_a_reload_warns_about_the_backends_it_kept(
+        caplog: pytest.LogCaptureFixture) -> None:
+    off = GatewayState(gateway_config(CONFIG), fake_registry(), upstream=FakeUpstream())
+    changed = {**CONFIG, "backends": [CONFIG["backends"][0], {**CONFIG["backends"][1], "url": "http://gpu-3:8001"}]}
+    with caplog.at_level("WARNING", logger="gateway"):
+        on = GatewayState(gateway_config({**changed, "tracing": {"enabled": True}}), fake_registry(), previous=off)
+    try:
+        assert on.carried_backends == {"f1"} and on.tracer is not None
+        [warning] = [r.getMessage() for r in caplog.records if "tracing turned on" in r.getMessage()]
+        assert "(f1)" in warning  # f2 was rebuilt with the propagating client: not named
+    finally:
+        await on.shutdown()
 
 
 def test_the_section_is_checked() -> None:
