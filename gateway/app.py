@@ -117,6 +117,9 @@ def create_app(
         before_request=auth_guard,
         openapi_config=None,
         debug=False,
+        # Logging is set up by the gateway (configure_logging: text or JSON, stderr); Litestar's default
+        # would replace the root logger's handler with its own format when the app is built.
+        logging_config=None,
     )
     app.state.gateway = state
     app.state.live = live

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -141,18 +142,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "every worker would start its own server. Run those servers separately and give their `url`, "
               "or serve with one worker.", file=sys.stderr)
         return 1
-    print(f"gateway: serving {args.config} on http://{host}:{port} ({args.server}, {workers} worker(s))",
-          file=sys.stderr, flush=True)
+    serving = f"serving {args.config} on http://{host}:{port} ({args.server}, {workers} worker(s))"
+    if config.logging.format == "json":
+        logging.getLogger("gateway").info("%s", serving)  # a log shipper reads only JSON lines
+    else:
+        print(f"gateway: {serving}", file=sys.stderr, flush=True)
     config_path = str(Path(args.config).absolute())  # symlinks followed on every read (ConfigMap volumes)
     if args.server == "granian":
         from granian import Granian  # optional extra: pip install '.[granian]'
         from granian.constants import Interfaces, Loops
 
         os.environ["GATEWAY_CONFIG"] = config_path
+        # granian sets logging up in each worker from this dict: JSON there too when the config asks.
+        log_dictconfig = json_log_config(args.log_level) if config.logging.format == "json" else None
         with _shared_metrics_dir() if workers > 1 else contextlib.nullcontext():
             Granian(
                 "gateway.app:app_from_env", factory=True, address=host, port=port, interface=Interfaces.ASGI,
-                workers=workers, loop=Loops.uvloop, log_level=args.log_level,
+                workers=workers, loop=Loops.uvloop, log_level=args.log_level, log_dictconfig=log_dictconfig,
             ).serve()
         return 0
     import uvicorn

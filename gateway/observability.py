@@ -214,7 +214,8 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
 
 def json_log_config(level: str = "info") -> dict[str, Any]:
     """The JSON set-up as a `logging.config.dictConfig` dict, for servers that set logging up in each
-    worker process themselves (uvicorn's `log_config`): their own loggers then write JSON too."""
+    worker process themselves (uvicorn's `log_config`, granian's `log_dictconfig`): their own loggers
+    then hand their records to the root's JSON handler instead of writing text of their own."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -222,7 +223,8 @@ def json_log_config(level: str = "info") -> dict[str, Any]:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
-            **{name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+            **{name: {"handlers": [], "propagate": True}
+               for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "_granian", "granian.access")},
             "httpx": {"level": "WARNING"},
         },
     }

@@ -54,8 +54,8 @@ class GatewayState:
         """`previous`: the state this one replaces on a config reload. What the new config leaves
         unchanged is taken over rather than rebuilt (see `carried`): a backend with the same config
         (its managed server keeps running), the upstream client, the routing state, the response
-        cache, and always the metrics (counters must not restart at zero) and the per-backend
-        concurrency counts (limits hold across the swap)."""
+        cache, experiment numbers kept in the process, and always the metrics (counters must not
+        restart at zero) and the per-backend concurrency counts (limits hold across the swap)."""
         self.config = config
         self.open_requests = 0  # OpenAI requests being served from this state (a reload waits for them)
         self.carried: set[str] = set()  # what was taken over from `previous`: "upstream", "routing", ...

@@ -3,6 +3,7 @@ while a stream is running, and `gateway serve --workers N`."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -209,3 +210,24 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize(("server", "workers"), [("uvicorn", 1), ("uvicorn", 2), ("granian", 1)])
+def test_json_logs_are_json_to_the_last_line(tmp_path: Path, fake: FakeOpenAIServer, server: str,
+                                             workers: int) -> None:
+    """`logging.format: json`: a log shipper reads every line, the HTTP server's own and the workers'."""
+    raw = {**config(fake.url, ["ok"]), "logging": {"format": "json"}}
+    gateway = GatewayProcess(raw, tmp_path, name=f"json-{server}-{workers}",
+                             extra_args=["--server", server, "--workers", str(workers)])
+    with running(gateway):
+        gateway.wait_ready()
+        assert status_of(gateway, "ok") == 200
+    lines = [line for line in gateway.log_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # any line that is not JSON fails here
+    loggers = {entry.get("logger") for entry in entries}
+    own = {"uvicorn": "uvicorn.error", "granian": "_granian"}[server]
+    assert own in loggers and "gateway" in loggers, loggers  # the server's lines and ours, as JSON
+    assert any(entry.get("message", "").startswith("serving ") for entry in entries)
+    # Each worker's own start-up lines (its backends' health) came out as JSON.
+    assert sum(entry.get("message") == "backend ok (openai_compat) healthy" for entry in entries) == workers
+    assert any(entry.get("path") == "/v1/chat/completions" and entry.get("status") == 200 for entry in entries)
