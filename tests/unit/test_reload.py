@@ -76,6 +76,18 @@ def slow_stream(pieces: int, delay_s: float) -> ScriptedStream:
     return ScriptedStream([chunk_event(f"p{i} ") for i in range(pieces)] + [DONE], delay_s=delay_s)
 
 
+async def stream_started(gw: Reloadable, backend: FakeBackend, stream: ScriptedStream) -> asyncio.Task[Any]:
+    """A streamed request to route 'alpha', running once `backend` has begun answering it."""
+    backend.stream_factory = lambda: stream
+    # Straight into the ASGI app: the test client would run one request at a time.
+    running = asyncio.create_task(post(gw, {**CHAT, "model": "alpha", "stream": True}))  # type: ignore[arg-type]
+    for _ in range(500):
+        if backend.streams:
+            break
+        await asyncio.sleep(0.01)
+    return running
+
+
 async def test_a_reload_swaps_routes_and_keeps_unchanged_backends(tmp_path: Path) -> None:
     async with reloadable(tmp_path, config({"alpha": ["f1"]}, ["f1"])) as gw:
         f1 = gw.backend("f1")
@@ -113,13 +125,7 @@ async def test_a_config_with_problems_is_refused_and_the_old_one_keeps_serving(t
 async def test_a_stream_running_across_a_reload_finishes_on_its_own_config(tmp_path: Path) -> None:
     async with reloadable(tmp_path, config({"alpha": ["f1"]}, ["f1"])) as gw:
         old_f1 = gw.backend("f1")
-        old_f1.stream_factory = lambda: slow_stream(8, 0.1)
-        # Straight into the ASGI app: the test client would run one request at a time.
-        running = asyncio.create_task(post(gw, {**CHAT, "model": "alpha", "stream": True}))  # type: ignore[arg-type]
-        for _ in range(500):
-            if old_f1.streams:
-                break
-            await asyncio.sleep(0.01)
+        running = await stream_started(gw, old_f1, slow_stream(8, 0.1))
         old_state = gw.live.current
         assert old_state.open_requests == 1
         assert "\ngateway_in_flight_requests 1.0" in (await gw.client.get("/metrics")).text
@@ -153,12 +159,7 @@ async def test_concurrency_limits_hold_across_a_reload(tmp_path: Path) -> None:
 
     async with reloadable(tmp_path, limited(1)) as gw:
         old_f1 = gw.backend("f1")
-        old_f1.stream_factory = lambda: slow_stream(6, 0.1)
-        running = asyncio.create_task(post(gw, {**CHAT, "model": "alpha", "stream": True}))  # type: ignore[arg-type]
-        for _ in range(500):
-            if old_f1.streams:
-                break
-            await asyncio.sleep(0.01)
+        running = await stream_started(gw, old_f1, slow_stream(6, 0.1))
         gw.write(limited(2))
         status, outcome = await gw.reload()
         assert status == 200 and gw.backend("f1") is not old_f1, outcome
