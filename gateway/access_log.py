@@ -24,10 +24,10 @@ import msgspec
 
 from gateway.api.request_record import RequestRecord
 from gateway.observability_settings import LoggingConfig
+from gateway.schemas import OPENAI_PATHS
 
 log = logging.getLogger("gateway.access")
 
-PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 _MAX_MODEL = 256  # the model name is the client's text: a line stays a line, whatever was sent
 _PIPE_BUF = 4096  # writes up to this size are atomic on a pipe
 _MILLIS = [f".{ms:03d}Z" for ms in range(1000)]
@@ -97,16 +97,14 @@ class AccessLog:
 
     def line(self, record: RequestRecord) -> bytes:
         """The JSON line of one request (without its newline: lines are joined by the writer)."""
-        started = record.started
-        finished = record.finished_at if record.finished_at is not None else time.perf_counter()
-        first = record.first_token_at
+        ttft = record.ttft_s
         # Milliseconds to the microsecond: int() and a division cost a fifth of round(x, 3).
         return self._encode(AccessLine(
             self._time(record.wall_start), record.request_id.decode("ascii", "replace"), record.key_name,
-            record.tenant, PATHS[record.kind], record.model[:_MAX_MODEL], record.route, record.backend,
+            record.tenant, OPENAI_PATHS[record.kind], record.model[:_MAX_MODEL], record.route, record.backend,
             record.status, record.error, record.stream, record.cache, record.speculative, record.input_tokens,
-            record.output_tokens, record.cost_usd, int((finished - started) * 1e6) / 1000.0,
-            None if first is None else int((first - started) * 1e6) / 1000.0,
+            record.output_tokens, record.cost_usd, int(record.duration_s * 1e6) / 1000.0,
+            None if ttft is None else int(ttft * 1e6) / 1000.0,
         ))
 
     def __call__(self, record: RequestRecord) -> None:

@@ -31,17 +31,10 @@ from gateway.ops.reload import ConfigReloader
 from gateway.ops.worker_metrics import ENV as METRICS_DIR_ENV
 from gateway.ops.worker_metrics import WorkerMetrics
 from gateway.plugins import BackendRegistry, load_backend_registry
-from gateway.schemas import RequestKind
+from gateway.schemas import OPENAI_PATHS
 from gateway.state import GatewayState
 
 log = logging.getLogger("gateway")
-
-_OPENAI_PATHS: dict[str, RequestKind] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completion",
-    "/v1/embeddings": "embedding",
-}
-
 
 def _http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (unknown path, wrong method) in OpenAI's error shape."""
@@ -109,7 +102,7 @@ def create_app(
                 await reloader.aclose()
             await live.current.shutdown()
 
-    handlers = [_openai_route(path, OpenAIHandler(live, kind)) for path, kind in _OPENAI_PATHS.items()]
+    handlers = [_openai_route(path, OpenAIHandler(live, kind)) for kind, path in OPENAI_PATHS.items()]
     app = Litestar(
         route_handlers=[*ROUTES, *EXPERIMENT_ROUTES, *KEY_ROUTES, *handlers],
         lifespan=[lifespan],
@@ -121,10 +114,8 @@ def create_app(
         # would replace the root logger's handler with its own format when the app is built.
         logging_config=None,
     )
-    app.state.gateway = state
     app.state.live = live
     app.state.reloader = reloader
-    live.on_swap(lambda new: setattr(app.state, "gateway", new))
     return app
 
 

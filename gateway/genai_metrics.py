@@ -20,7 +20,6 @@ answers from the response cache cost no backend tokens and are left out of it.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from urllib.parse import urlsplit
@@ -182,8 +181,7 @@ class GenAISink:
         if c is None:
             c = self._children[key] = _Children(self.metrics, self._labels(*key))
         metrics = self.metrics
-        started = record.started
-        duration = (record.finished_at if record.finished_at is not None else time.perf_counter()) - started
+        duration = record.duration_s
         if record.status >= 400 or record.error:
             # error_type: the status the client got (499: it went away first), or for a stream cut after
             # its first byte (status 200, already sent) the code of the error event that ended it.
@@ -196,9 +194,8 @@ class GenAISink:
         series = c.ok or c.ready("ok", metrics.duration, (*labels, ""))
         series[bisect_left(DURATION_BUCKETS, duration)] += 1
         series[-1] += duration
-        first = record.first_token_at
-        if record.stream and first is not None:
-            ttft = first - started
+        ttft = record.ttft_s
+        if record.stream and ttft is not None:
             metrics.ttft.observe(c.ttft or c.ready("ttft", metrics.ttft, labels), ttft)
             if record.output_tokens > 1:
                 metrics.tpot.observe(c.tpot or c.ready("tpot", metrics.tpot, labels),

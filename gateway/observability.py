@@ -7,13 +7,17 @@ the hot path should pay that once per (route, backend, status), not once per req
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.api.request_record import RequestRecord
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -114,10 +118,12 @@ class Metrics:
             self._children[key] = child
         return child
 
-    def observe_request(self, route: str, backend: str, status: int, seconds: float) -> None:
-        self._child(self.requests, route, backend, str(status)).inc()  # type: ignore[attr-defined]
+    def observe_request(self, record: RequestRecord) -> None:
+        """A finished OpenAI request's count and latency (a `GatewayState.request_sinks` entry)."""
+        route, backend = record.route, record.backend
+        self._child(self.requests, route, backend, str(record.status)).inc()  # type: ignore[attr-defined]
         if backend:
-            self._child(self.duration, route, backend).observe(seconds)  # type: ignore[attr-defined]
+            self._child(self.duration, route, backend).observe(record.duration_s)  # type: ignore[attr-defined]
 
     def observe_ttft(self, route: str, backend: str, seconds: float) -> None:
         self._child(self.ttft, route, backend).observe(seconds)  # type: ignore[attr-defined]
@@ -202,12 +208,11 @@ class JsonLogFormatter(logging.Formatter):
 def configure_logging(level: str = "info", log_format: str = "text") -> None:
     """Logs on stderr: one line per event (`text`), or one JSON object per line (`json`, for a log
     shipper). Calling it again replaces the set-up (the config's format is known only once it is read)."""
-    handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+        logging.config.dictConfig(json_log_config(level))
+        return
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO: on the data path that is a log line per request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -118,6 +118,13 @@ class ModelList(msgspec.Struct, kw_only=True):
 
 RequestKind = Literal["chat", "completion", "embedding"]
 
+# Where each kind is served: the app's routes, and what the access log and traces name as the path.
+OPENAI_PATHS: dict[RequestKind, str] = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+}
+
 REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "chat": ChatCompletionRequest,
     "completion": CompletionRequest,

@@ -131,7 +131,7 @@ class GatewayState:
         )
         self.metrics.before_render = self._export_live_gauges
         # What books each finished OpenAI request (metrics, access log, limits), in order.
-        self.request_sinks: list[Callable[[RequestRecord], None]] = []
+        self.request_sinks: list[Callable[[RequestRecord], None]] = [self.metrics.observe_request]
         self.genai_metrics = previous.genai_metrics if previous is not None else GenAIMetrics(self.metrics.registry)
         self.request_sinks.append(self.genai_metrics.sink(self.backends))
         # One JSON line per request (gateway/access_log.py); one writer across a reload that keeps the section.

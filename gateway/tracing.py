@@ -26,13 +26,12 @@ from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from gateway.access_log import PATHS
 from gateway.api.request_record import RequestRecord
 from gateway.backend import Backend, BackendUnavailable
 from gateway.errors import GatewayError
 from gateway.genai_metrics import OPERATIONS
 from gateway.observability_settings import TracingConfig
-from gateway.schemas import RequestKind
+from gateway.schemas import OPENAI_PATHS, RequestKind
 from gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamStream, UpstreamTimeouts
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ class RequestTracer:
         parent = self._propagator.extract(carrier) if carrier else None
         operation = OPERATIONS[kind]
         span = self._tracer.start_span(operation, context=parent, kind=self._server, attributes={
-            "gen_ai.operation.name": operation, "http.request.method": "POST", "url.path": PATHS[kind],
+            "gen_ai.operation.name": operation, "http.request.method": "POST", "url.path": OPENAI_PATHS[kind],
         })
         token = self._attach(self._in_context(span, parent))
         return RequestSpan(self, span, token)

@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Request, Response
 
 from gateway.errors import GatewayError
+from gateway.ops.live_state import serving_state
 
 _OPEN = frozenset({"/health", "/ready", "/metrics"})
 
@@ -21,7 +22,7 @@ def _error(err: GatewayError) -> Response[bytes]:
 
 async def auth_guard(request: Request[Any, Any, Any]) -> Response[bytes] | None:
     """A 401/403 response for a caller without the right key, else None (the handler runs)."""
-    keys = request.app.state.gateway.auth
+    keys = serving_state(request).auth
     path = request.url.path
     if not keys.enabled or path in _OPEN:
         return None

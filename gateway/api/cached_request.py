@@ -69,7 +69,7 @@ class CachedRequest:
         request_id: bytes,
         watch: DisconnectWatch,
         estimated_prompt_tokens: int,
-        record: RequestRecord | None = None,
+        record: RequestRecord,
     ) -> None:
         self.cache = cache
         self.plan = plan
@@ -86,8 +86,7 @@ class CachedRequest:
 
     def _count(self, result: str) -> None:
         self.cache.count(self.route_name, result)
-        if self.record is not None:
-            self.record.cache = result
+        self.record.cache = result
 
     async def serve(self, send: Send, serve_backend: ServeBackend) -> str:
         """Answer the request; the `backend` label for its metrics."""
@@ -220,8 +219,7 @@ class CachedRequest:
             await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
             await send(_END)
             self._count("coalesced")
-            if self.record is not None:
-                self.record.error = "upstream_stream_failed"
+            self.record.error = "upstream_stream_failed"
             return CACHE_LABEL
         done = flight.entry
         assert done is not None  # `follow` returns only once the flight completed
@@ -252,7 +250,7 @@ class CachedRequest:
     async def send_entry(self, send: Send, entry: CacheEntry, status: bytes) -> None:
         """A stored (or just completed) answer, in the form this request asked for."""
         record = self.record
-        if record is not None and entry.usage is not None:
+        if entry.usage is not None:
             # What the answer counted when it was made; its cost to this caller is nothing.
             record.input_tokens, record.output_tokens = entry.usage.prompt_tokens, entry.usage.completion_tokens
         if not self.stream:

@@ -15,14 +15,9 @@ from litestar import Request, Response, delete, get, post
 from gateway.api.tenant import cache_tenant
 from gateway.errors import GatewayError
 from gateway.experiments.service import parse_feedback
-from gateway.state import GatewayState
+from gateway.ops.live_state import serving_state
 
 _MAX_FEEDBACK_BYTES = 16 * 1024
-
-
-def _state(request: Request[Any, Any, Any]) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
-    return state
 
 
 def _error(err: GatewayError) -> Response[bytes]:
@@ -49,7 +44,7 @@ async def feedback(request: Request[Any, Any, Any]) -> Response[bytes]:
         request_id, score, label = parse_feedback(data)
         authorization = request.headers.get("authorization")
         tenant = cache_tenant(authorization.encode("latin-1") if authorization is not None else None)
-        experiment, arm = await _state(request).experiments.feedback(request_id, tenant, score, label)
+        experiment, arm = await serving_state(request).experiments.feedback(request_id, tenant, score, label)
     except GatewayError as err:
         return _error(err)
     return _json({"object": "feedback", "request_id": request_id, "experiment": experiment, "arm": arm,
@@ -59,14 +54,14 @@ async def feedback(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/admin/experiments", sync_to_thread=False)
 def list_experiments(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Every configured experiment and shadow: name, kind, route, whether it is assigning."""
-    return _json({"experiments": _state(request).experiments.names()})
+    return _json({"experiments": serving_state(request).experiments.names()})
 
 
 @get("/admin/experiments/{name:str}")
 async def experiment_report(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     """One experiment's report: per-arm metrics with intervals, comparisons with control, SRM, history."""
     try:
-        return _json(await _state(request).experiments.report(name))
+        return _json(await serving_state(request).experiments.report(name))
     except GatewayError as err:
         return _error(err)
 
@@ -75,7 +70,7 @@ async def experiment_report(request: Request[Any, Any, Any], name: str) -> Respo
 async def experiment_reset(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     """Forget an experiment's numbers, history and stop: start it over (do it before traffic, not during)."""
     try:
-        await _state(request).experiments.reset(name)
+        await serving_state(request).experiments.reset(name)
     except GatewayError as err:
         return _error(err)
     return _json({"name": name, "reset": True})

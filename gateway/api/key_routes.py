@@ -14,7 +14,7 @@ from litestar import Request, Response, delete, get, post
 
 from gateway.auth.key_store import KeyExists
 from gateway.errors import GatewayError
-from gateway.state import GatewayState
+from gateway.ops.live_state import serving_state
 
 _MAX_NAME = 100
 
@@ -33,11 +33,6 @@ def _json(body: Any, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
 
 
-def _state(request: Request[Any, Any, Any]) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
-    return state
-
-
 _NO_STORE = GatewayError(409, "API keys are kept in the config file here: add or revoke them there and reload "
                               "(or set auth.store: redis)", code="key_store_unavailable")
 
@@ -45,13 +40,13 @@ _NO_STORE = GatewayError(409, "API keys are kept in the config file here: add or
 @get("/admin/keys", sync_to_thread=False)
 def list_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Every key the gateway accepts or has revoked: name, tenant, models, revoked, source."""
-    return _json({"keys": _state(request).auth.describe()})
+    return _json({"keys": serving_state(request).auth.describe()})
 
 
 @post("/admin/keys", status_code=201)
 async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Create a key in Redis; the answer is the only place the key itself ever appears."""
-    state = _state(request)
+    state = serving_state(request)
     if state.key_sync is None:
         return _error(_NO_STORE)
     try:
@@ -65,12 +60,13 @@ async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
     if not new.models or not all(isinstance(m, str) and m for m in new.models):
         return _error(GatewayError(400, "models: a non-empty list of route models (globs)", param="models",
                                    code="invalid_value"))
+    exists = _error(GatewayError(409, f"a key named '{name}' exists already", param="name", code="key_exists"))
     if name in state.auth.names():
-        return _error(GatewayError(409, f"a key named '{name}' exists already", param="name", code="key_exists"))
+        return exists
     try:
         key, record = await state.key_sync.store.add(name, new.tenant or name, new.models)
     except KeyExists:
-        return _error(GatewayError(409, f"a key named '{name}' exists already", param="name", code="key_exists"))
+        return exists
     await state.key_sync.refresh()  # usable on this replica at once; the others within auth.refresh_s
     return _json({"key": key, "name": record.name, "tenant": record.tenant, "models": record.models}, 201)
 
@@ -78,7 +74,7 @@ async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
 @delete("/admin/keys/{name:str}", status_code=200)
 async def revoke_key(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
     """Revoke a key kept in Redis, by name: refused here at once, on the other replicas within refresh_s."""
-    state = _state(request)
+    state = serving_state(request)
     if state.key_sync is None:
         return _error(_NO_STORE)
     if not await state.key_sync.store.revoke(name):

@@ -228,7 +228,6 @@ class OpenAIHandler:
                 watch.finish()
             record.status, record.backend = status, backend_name
             record.finished_at = time.perf_counter()
-            state.metrics.observe_request(route_name, backend_name, status, record.finished_at - started)
             state.finish_request(record)
             if span is not None:
                 span.finish(record, state.backends)
@@ -251,8 +250,8 @@ class OpenAIHandler:
         if ctx.stream:
             result = await state.dispatcher.open_stream(route, self.kind, features, policy=policy)
             state.metrics.observe_decision(route.model, result.backend.name, policy.name)
-            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started, tap=tap,
-                                record=ctx.record)
+            relay = StreamRelay(state, route, self.kind, features, policy, ctx.client_model, ctx.started,
+                                record=ctx.record, tap=tap)
             await relay.run(send, result, ctx.request_id, ctx.watch, extra)
             return result.backend.name
         usage: list[Usage | None] = [None]

@@ -9,14 +9,9 @@ from litestar import Request, Response, delete, get, post
 
 from gateway.cache.stores import CacheStoreError
 from gateway.errors import GatewayError
+from gateway.ops.live_state import serving_state
 from gateway.routing.report import backends_report
 from gateway.schemas import ModelCard, ModelList
-from gateway.state import GatewayState
-
-
-def _state(request: Request[Any, Any, Any]) -> GatewayState:
-    state: GatewayState = request.app.state.gateway
-    return state
 
 
 @get("/health", sync_to_thread=False)
@@ -28,9 +23,8 @@ def health() -> Response[bytes]:
 @get("/ready")
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 while at least one backend is healthy, 503 naming why not otherwise (and while draining)."""
-    state = _state(request)
-    live = getattr(request.app.state, "live", None)
-    if live is not None and live.draining:
+    state = serving_state(request)
+    if request.app.state.live.draining:
         error = GatewayError(503, f"shutting down: finishing {state.open_requests} open request(s)",
                              type="api_error", code="draining")
         return Response(error.body(), status_code=503, media_type="application/json", headers={"retry-after": "1"})
@@ -46,13 +40,13 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/metrics", sync_to_thread=False)
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus text exposition."""
-    return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(serving_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @get("/v1/models", sync_to_thread=False)
 def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The model names clients can ask for (routes' names; backends' models behind globs)."""
-    names = _state(request).routes.model_names()
+    names = serving_state(request).routes.model_names()
     key = getattr(request.state, "api_key", None)  # set by the auth guard: list what this key may call
     if key is not None:
         names = [name for name in names if key.allows(name)]
@@ -63,20 +57,20 @@ def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/admin/backends", sync_to_thread=False)
 def admin_backends(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Live statistics, breaker, load and cost per backend (JSON)."""
-    return Response(msgspec.json.encode(backends_report(_state(request))), media_type="application/json")
+    return Response(msgspec.json.encode(backends_report(serving_state(request))), media_type="application/json")
 
 
 @get("/admin/speculative", sync_to_thread=False)
 def admin_speculative(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Each speculative pair: probe verdict, acceptance, tokens per target call, chosen k, fallbacks (JSON)."""
-    return Response(msgspec.json.encode({"pairs": _state(request).speculative.describe()}),
+    return Response(msgspec.json.encode({"pairs": serving_state(request).speculative.describe()}),
                     media_type="application/json")
 
 
 @get("/admin/cache", sync_to_thread=False)
 def admin_cache(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The response cache: its store, hits/misses/coalesced/bypass per route, bytes, errors (JSON)."""
-    return Response(msgspec.json.encode(_state(request).cache.stats()), media_type="application/json")
+    return Response(msgspec.json.encode(serving_state(request).cache.stats()), media_type="application/json")
 
 
 @delete("/admin/cache", status_code=200)
@@ -91,7 +85,7 @@ async def admin_cache_delete(request: Request[Any, Any, Any]) -> Response[bytes]
         return Response(error.body(), status_code=400, media_type="application/json")
     model, tenant = params.get("model") or None, params.get("tenant") or None
     try:
-        deleted = await _state(request).cache.delete(model=model, tenant=tenant)
+        deleted = await serving_state(request).cache.delete(model=model, tenant=tenant)
     except CacheStoreError as err:
         error = GatewayError(503, f"the cache store could not be reached: {err}", type="api_error",
                              code="cache_unavailable")

@@ -57,8 +57,8 @@ class StreamRelay:
         client_model: str,
         started: float,
         *,
+        record: RequestRecord,
         tap: ServeTap | None = None,
-        record: RequestRecord | None = None,
     ) -> None:
         self.state = state
         self.record = record  # the request's outcome as booked at its end: tokens, cost, first token
@@ -106,8 +106,7 @@ class StreamRelay:
             resumed = await self._resume(failed) if len(failed) <= MAX_RESUMES else None
             if resumed is None:
                 await send({"type": "http.response.body", "body": error.sse_event(), "more_body": True})
-                if self.record is not None:
-                    self.record.error = error.code or "stream_error"
+                self.record.error = error.code or "stream_error"
                 break
             result = resumed
             assert progress is not None
@@ -163,7 +162,7 @@ class StreamRelay:
                 state.metrics.observe_ttft(self.route.model, backend.name, now - self.started)
                 if tap is not None and tap.first_token_at is None:
                     tap.first_token_at = now
-                if record is not None and record.first_token_at is None:
+                if record.first_token_at is None:
                     record.first_token_at = now
             return rename(events)
 
@@ -196,10 +195,9 @@ class StreamRelay:
                 cost = request_cost_usd(backend.config, state.routing.stats.get(backend.name), prompt,
                                         tally.output_tokens)
                 state.metrics.observe_cost(self.route.model, backend.name, self.features.tenant, cost)
-            if record is not None:
-                record.output_tokens += tally.output_tokens
-                record.input_tokens = record.input_tokens or prompt
-                record.cost_usd += cost
+            record.output_tokens += tally.output_tokens
+            record.input_tokens = record.input_tokens or prompt
+            record.cost_usd += cost
             if tap is not None:
                 tap.finished_at = time.perf_counter()
                 tap.ok = outcome  # the last segment decides: a stream resumed elsewhere reached its end

@@ -10,39 +10,38 @@ to stop: /ready answers 503 from then on so load balancers send new work elsewhe
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gateway.state import GatewayState
+
+if TYPE_CHECKING:
+    from litestar import Request
 
 
 class LiveState:
     """The serving state and its swap; single event loop, no locks needed."""
 
-    def __init__(self, state: GatewayState, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, state: GatewayState) -> None:
         self.current = state
         self.generation = 1
         self.draining = False
-        self.drain_started: float | None = None
-        self._clock = clock
-        self._on_swap: list[Callable[[GatewayState], None]] = []
-
-    def on_swap(self, callback: Callable[[GatewayState], None]) -> None:
-        self._on_swap.append(callback)
 
     def swap(self, state: GatewayState) -> GatewayState:
         """Serve new requests from `state`; the state it replaces (still finishing its requests)."""
         old, self.current = self.current, state
         self.generation += 1
-        for callback in self._on_swap:
-            callback(state)
         return old
 
     def begin_drain(self) -> None:
         """The process is stopping: readiness fails from now on; open requests run to their end."""
-        if not self.draining:
-            self.draining = True
-            self.drain_started = self._clock()
+        self.draining = True
+
+
+def serving_state(request: Request[Any, Any, Any]) -> GatewayState:
+    """The state serving now, for the routes Litestar dispatches (the app keeps its `LiveState` in
+    `app.state.live`); read per request, so they follow a reload."""
+    live: LiveState = request.app.state.live
+    return live.current
 
 
 async def wait_drained(state: GatewayState, deadline_s: float, *, poll_s: float = 0.05) -> bool:
