@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.config import RedisConfig
 
 __all__ = ["REDIS_ERRORS", "UNREACHABLE", "RedisClient", "connect_redis", "describe_redis", "describe_redis_url",
-           "hash_tag", "is_unreachable", "with_hash_tag"]
+           "hash_tag", "is_unreachable", "key_segment", "with_hash_tag"]
 
 # What `connect_redis` returns. Both speak the same commands, pipelines, scripts and pub/sub; the
 # cluster client routes each command to the node owning its keys' slot.
@@ -159,6 +159,12 @@ def hash_tag(key: str) -> str | None:
     if end <= start + 1:
         return None
     return key[start + 1:end]
+
+
+def key_segment(name: str) -> str:
+    """A name (an experiment's, an arm's, an API key's) as one segment of a ':'-separated Redis key:
+    percent-escaped, so no name can pose as two segments, end a `{...}` hash tag early or open another."""
+    return name.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
 
 
 def with_hash_tag(prefix: str) -> str:

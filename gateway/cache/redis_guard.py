@@ -15,9 +15,7 @@ from typing import TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_connect import REDIS_ERRORS, UNREACHABLE, is_unreachable
-
-__all__ = ["REDIS_ERRORS", "UNREACHABLE", "RedisCallFailed", "RedisGuard", "is_unreachable"]
+from gateway.redis_connect import REDIS_ERRORS, is_unreachable
 
 log = logging.getLogger("gateway.cache")
 

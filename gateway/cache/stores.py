@@ -15,9 +15,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.cache.redis_guard import REDIS_ERRORS, RedisCallFailed, RedisGuard
+from gateway.cache.redis_guard import RedisCallFailed, RedisGuard
 from gateway.config import RedisConfig
-from gateway.redis_connect import RedisClient, connect_redis, describe_redis
+from gateway.redis_connect import REDIS_ERRORS, RedisClient, connect_redis, describe_redis
 
 Clock = Callable[[], float]
 MiB = 1024 * 1024

@@ -38,9 +38,9 @@ import msgspec
 from gateway.cache.redis_guard import RedisCallFailed
 from gateway.config import RedisConfig
 from gateway.experiments.arm_totals import METRICS, ArmObservation, ArmTotals
-from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, FlushedRedisWriter, key_segment
+from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, FlushedRedisWriter
 from gateway.experiments.sketch import DEFAULT_ALPHA, DEFAULT_MAX_BUCKETS
-from gateway.redis_connect import with_hash_tag
+from gateway.redis_connect import key_segment, with_hash_tag
 
 log = logging.getLogger("gateway.experiments")
 

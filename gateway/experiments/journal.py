@@ -21,9 +21,9 @@ import msgspec
 
 from gateway.cache.redis_guard import RedisCallFailed, RedisGuard
 from gateway.config import RedisConfig
-from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, key_segment
+from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX
 from gateway.experiments.timeline import HistoryPoint, StopState
-from gateway.redis_connect import RedisClient, connect_redis, describe_redis, with_hash_tag
+from gateway.redis_connect import RedisClient, connect_redis, describe_redis, key_segment, with_hash_tag
 
 log = logging.getLogger("gateway.experiments")
 

@@ -27,8 +27,8 @@ import msgspec
 
 from gateway.cache.redis_guard import RedisCallFailed
 from gateway.config import RedisConfig
-from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, FlushedRedisWriter, key_segment
-from gateway.redis_connect import with_hash_tag
+from gateway.experiments.redis_writer import EXPERIMENT_KEY_PREFIX, FlushedRedisWriter
+from gateway.redis_connect import key_segment, with_hash_tag
 
 log = logging.getLogger("gateway.experiments")
 

@@ -25,11 +25,6 @@ log = logging.getLogger("gateway.experiments")
 EXPERIMENT_KEY_PREFIX = "gateway:{exp}:"
 
 
-def key_segment(name: str) -> str:
-    """`name` as one segment of a ':'-separated Redis key: percent-escaped, so no name can pose as two."""
-    return name.replace("%", "%25").replace(":", "%3A")
-
-
 class FlushedRedisWriter:
     """A Redis client, its guard, and a flusher calling `flush` every `flush_interval_s`.
 

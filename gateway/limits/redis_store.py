@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -116,8 +116,8 @@ charge(KEYS[1], KEYS[2], clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), t
 return 1
 """
 
-SCRIPTS = {"admit": ADMIT_LUA, "charge": CHARGE_LUA}
-_SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SCRIPTS.items()}
+# The charge script goes in pipelines as raw EVALSHA commands (see `_write`), so its digest is needed here.
+_CHARGE_SHA = hashlib.sha1(CHARGE_LUA.encode()).hexdigest()
 
 
 class _Charge:
@@ -152,6 +152,7 @@ class RedisLimitStore:
         self.redis: RedisClient = client if client is not None else connect_redis(config, socket_timeout_s=2.0)
         self.guard = RedisGuard(self.describe_where, budget_s=admit_budget_s, retry_s=retry_s, what="rate limits")
         self._on_error = on_error
+        self._admit = self.redis.register_script(ADMIT_LUA)  # EVALSHA, loading the script when Redis lacks it
         self._pending: dict[tuple[str, str], _Charge] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -165,12 +166,6 @@ class RedisLimitStore:
     def _now_arg(self) -> str:
         return "" if self.clock is None else repr(self.clock() * 1000.0)
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await self.redis.evalsha(_SHAS[name], len(keys), *keys, *args)  # type: ignore[misc]
-        except NoScriptError:  # a fresh (or flushed) Redis: EVAL runs it and caches it for next time
-            return await self.redis.eval(SCRIPTS[name], len(keys), *keys, *args)  # type: ignore[misc]
-
     async def admit(self, rule: KeyRule, period: Period | None) -> Verdict:
         keys = (rule.requests_key, rule.tokens_key, rule.spend_key(period))
         slot = (rule.name, period.id if period is not None else "")
@@ -179,7 +174,7 @@ class RedisLimitStore:
                 "" if rule.budget_usd is None else repr(rule.budget_usd),
                 *(self._charge_args(pending, self.wall()) if pending is not None else (0, 0, 0)))
         try:
-            reply = await self.guard.call("admission", lambda: self._run("admit", keys, args))
+            reply = await self.guard.call("admission", lambda: self._admit(keys=keys, args=args, client=self.redis))
         except RedisCallFailed as err:
             if pending is not None:
                 self._keep({slot: pending})
@@ -252,7 +247,7 @@ class RedisLimitStore:
                     # As a raw command: redis-py's cluster pipeline refuses its evalsha/eval methods but
                     # routes a raw EVALSHA by its keys (both keys of a call share the API key's hash tag).
                     if script == "evalsha":
-                        pipe.execute_command("EVALSHA", _SHAS["charge"], 2, *keys, *args)
+                        pipe.execute_command("EVALSHA", _CHARGE_SHA, 2, *keys, *args)
                     else:
                         pipe.execute_command("EVAL", CHARGE_LUA, 2, *keys, *args)
                 replies = await pipe.execute(raise_on_error=False)

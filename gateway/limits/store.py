@@ -15,17 +15,12 @@ from typing import NamedTuple, Protocol
 from gateway.limits.budget import Period, PeriodClock, SpendBooks
 from gateway.limits.gcra import EMPTY, Meter, charge, peek, take
 from gateway.limits.settings import LimitsConfig
+from gateway.redis_connect import key_segment
 
 Clock = Callable[[], float]
 
 # Which limits refused a request (bits of `Verdict.refused`).
 REQUESTS, TOKENS, BUDGET = 1, 2, 4
-
-
-def key_segment(name: str) -> str:
-    """A key name as one segment of a Redis key: percent-escaped, so no name can pose as two, and no
-    name can end the `{...}` hash tag early or open another."""
-    return (name.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D"))
 
 
 class KeyRule:

@@ -14,10 +14,10 @@ from typing import Protocol
 from gateway.config import GatewayConfig, RoutingConfig
 from gateway.routing.breaker import LocalBreakers
 from gateway.routing.interfaces import Breakers, RoutingStats
-from gateway.routing.shared_redis import RedisRoutingState, SharedChange, describe_redis_url
+from gateway.routing.shared_redis import RedisRoutingState, SharedChange
 from gateway.routing.stats import LocalStats
 
-__all__ = ["LocalRoutingState", "RedisRoutingState", "RoutingState", "describe_redis_url", "make_routing_state"]
+__all__ = ["LocalRoutingState", "RedisRoutingState", "RoutingState", "make_routing_state"]
 
 Clock = Callable[[], float]
 

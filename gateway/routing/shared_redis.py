@@ -33,7 +33,7 @@ from redis.exceptions import NoScriptError
 
 from gateway.backend import BackendLoad
 from gateway.config import RedisConfig, RoutingConfig
-from gateway.redis_connect import REDIS_ERRORS, RedisClient, connect_redis, describe_redis, describe_redis_url
+from gateway.redis_connect import REDIS_ERRORS, RedisClient, connect_redis, describe_redis
 from gateway.routing.breaker import PROBE_LEASE_S, BreakerRecord, LocalBreakers
 from gateway.routing.interfaces import Admission, BackendStats, Breakers, BreakerSnapshot, RoutingStats
 from gateway.routing.shared_lua import SCRIPTS, RedisKeys, breaker_from_hash, breaker_from_reply, stats_from_hash
@@ -44,13 +44,8 @@ log = logging.getLogger("gateway.routing")
 
 Clock = Callable[[], float]
 SharedChange = Callable[[bool], None]
-# Redis away, too slow, or (on a cluster) unroutable: all mean "route on local state for now".
-_REDIS_ERRORS = REDIS_ERRORS
 # A queued update: script name, key, and the script's arguments (the clock time first).
 _Update = tuple[str, str, tuple[float | int | str, ...]]
-
-
-__all__ = ["RedisRoutingState", "SharedChange", "describe_redis_url"]
 
 
 class RedisRoutingState:
@@ -159,7 +154,7 @@ class RedisRoutingState:
                         pipe.hdel(self.keys.in_flight(backend), self.replica_id)
                     pipe.zrem(self.keys.replicas, self.replica_id)
                     await pipe.execute()
-        except _REDIS_ERRORS as err:
+        except REDIS_ERRORS as err:  # Redis away, slow or unroutable: local state for now
             log.debug("shared routing state: could not withdraw replica %s: %s", self.replica_id, err)
         finally:
             await client.aclose()
@@ -176,7 +171,7 @@ class RedisRoutingState:
         assert self._redis is not None
         try:
             await self._sync(self._redis)
-        except _REDIS_ERRORS as err:
+        except REDIS_ERRORS as err:
             self._mark_down(err)
         except Exception as err:  # a bug must not end the loop: routing would silently stop sharing
             log.exception("shared routing state: sync failed")
@@ -439,7 +434,7 @@ class RedisRoutingState:
             except (NoScriptError, KeyError):
                 await self._load_scripts(client)
                 reply = await client.evalsha(self._shas["breaker_probe"], 1, self.keys.breaker(backend), *args)
-        except _REDIS_ERRORS as err:
+        except REDIS_ERRORS as err:
             self._mark_down(err)
             return await self.local_breakers.acquire_probe(backend)
         self._mirror_breakers[backend] = breaker_from_reply(reply[1:])

@@ -18,7 +18,8 @@ from gateway.limits.budget import PeriodClock, period_at
 from gateway.limits.gcra import EMPTY, Meter, charge, peek, take
 from gateway.limits.service import Limits, duration_text
 from gateway.limits.settings import LimitsConfig
-from gateway.limits.store import KeyRule, LocalLimitStore, StoreUnavailable, Verdict, key_segment
+from gateway.limits.store import KeyRule, LocalLimitStore, StoreUnavailable, Verdict
+from gateway.redis_connect import key_segment
 
 NOW_MS = 1_700_000_000_000.0  # an epoch time in ms, as large as real ones
 
