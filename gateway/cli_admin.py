@@ -5,8 +5,10 @@ when it is set (a gateway with `auth` answers /admin/* only to an admin key)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -40,26 +42,35 @@ def admin_request(url: str, method: str = "GET") -> Any:
     return request
 
 
+def _admin_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`run`, with a config that does not load or an admin call that fails printed as one line on
+    stderr and exit status 1."""
+
+    @functools.wraps(run)
+    def command(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ConfigError, PluginError) as err:
+            print(err, file=sys.stderr)
+        except _AdminError as err:
+            print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    return command
+
+
+@_admin_command
 def keys_admin(args: argparse.Namespace) -> int:
     """`keys add | revoke | list` through the running gateway's /admin/keys (`auth.store: redis`)."""
     import urllib.parse
 
     import msgspec
 
-    try:
-        url = _endpoint_url(args, "/admin/keys")
-    except (ConfigError, PluginError) as err:
-        print(err, file=sys.stderr)
-        return 1
+    url = _endpoint_url(args, "/admin/keys")
     if args.action in ("add", "revoke") and not args.name:
-        print(f"error: keys {args.action} needs --name", file=sys.stderr)
-        return 1
+        raise _AdminError(f"keys {args.action} needs --name")
     if args.action == "list":
-        try:
-            listing = _admin_get(url)
-        except _AdminError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        listing = _admin_get(url)
         print(f"{'name':<24} {'tenant':<20} {'source':<7} {'revoked':<8} models")
         for key in listing.get("keys", []):
             print(f"{key['name']:<24} {key['tenant']:<20} {key['source']:<7} {key['revoked']!s:<8} "
@@ -73,11 +84,7 @@ def keys_admin(args: argparse.Namespace) -> int:
         request.add_header("Content-Type", "application/json")
     else:
         request = admin_request(f"{url}/{urllib.parse.quote(args.name, safe='')}", method="DELETE")
-    try:
-        answer = _admin_call(request)
-    except _AdminError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    answer = _admin_call(request)
     if args.action == "add":
         print(f"key (shown once; give it to the caller): {answer['key']}", file=sys.stderr)
         print(answer["key"])
@@ -101,41 +108,23 @@ def fetch_report(url: str) -> dict[str, Any] | None:
         return None
 
 
+@_admin_command
 def cmd_cache(args: argparse.Namespace) -> int:
     """`cache stats`: the running gateway's cache table; `cache clear`: drop entries through it."""
-    import urllib.error
     import urllib.parse
-    import urllib.request
 
-    import msgspec
-
-    try:
-        config = _load(args.config)
-    except (ConfigError, PluginError) as err:
-        print(err, file=sys.stderr)
-        return 1
-    url = args.url or admin_url(config, "/admin/cache")
+    url = args.url or admin_url(_load(args.config), "/admin/cache")
     if args.action == "stats":
         stats = fetch_report(url)
         if stats is None:
-            print(f"no gateway answering at {url}: start it, or pass --url", file=sys.stderr)
-            return 1
+            raise _AdminError(f"no gateway answering at {url}: start it, or pass --url")
         from gateway.cache.report import format_cache_stats
 
         print(f"response cache of the gateway at {url}:")
         print(format_cache_stats(stats))
         return 0
     query = urllib.parse.urlencode({k: v for k, v in (("model", args.model), ("tenant", args.tenant)) if v})
-    request = admin_request(url + (f"?{query}" if query else ""), method="DELETE")
-    try:
-        with urllib.request.urlopen(request, timeout=60.0) as response:
-            result = msgspec.json.decode(response.read())
-    except urllib.error.HTTPError as err:
-        print(f"error: {err.code} {err.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as err:
-        print(f"no gateway answering at {url}: {err}", file=sys.stderr)
-        return 1
+    result = _admin_call(admin_request(url + (f"?{query}" if query else ""), method="DELETE"), timeout_s=60.0)
     scope = " and ".join(f"{k} {v}" for k, v in (("model", args.model), ("tenant", args.tenant)) if v) or "all"
     print(f"deleted {result['deleted']} cached answer(s) ({scope})")
     return 0
@@ -150,7 +139,7 @@ def _admin_get(url: str) -> Any:
     return _admin_call(admin_request(url))
 
 
-def _admin_call(request: Any) -> Any:
+def _admin_call(request: Any, *, timeout_s: float = 10.0) -> Any:
     """Send `request` (a urllib Request) to the running gateway and decode its JSON answer; `_AdminError`
     naming the gateway's own error message when that fails."""
     import urllib.error
@@ -160,7 +149,7 @@ def _admin_call(request: Any) -> Any:
 
     url = request.full_url
     try:
-        with urllib.request.urlopen(request, timeout=10.0) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return msgspec.json.decode(response.read())
     except urllib.error.HTTPError as err:
         body = err.read()
@@ -185,24 +174,16 @@ def _endpoint_url(args: argparse.Namespace, path: str) -> str:
     return admin_url(_load(args.config), path)
 
 
+@_admin_command
 def cmd_experiments(args: argparse.Namespace) -> int:
     """`experiments list`: the running gateway's experiments; `experiments report NAME`: one's report."""
     import urllib.parse
 
     import msgspec
 
-    try:
-        url = _endpoint_url(args, "/admin/experiments")
-    except (ConfigError, PluginError) as err:
-        print(err, file=sys.stderr)
-        return 1
+    url = _endpoint_url(args, "/admin/experiments")
     if args.action == "list":
-        try:
-            listing = _admin_get(url)
-        except _AdminError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        experiments = listing.get("experiments") or []
+        experiments = _admin_get(url).get("experiments") or []
         if not experiments:
             print(f"no experiments on the gateway at {url}")
             return 0
@@ -216,8 +197,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     try:
         report = _admin_get(f"{url}/{urllib.parse.quote(args.name, safe='')}")
     except _AdminError as err:
-        print(f"error: experiment {args.name!r}: {err}", file=sys.stderr)
-        return 1
+        raise _AdminError(f"experiment {args.name!r}: {err}") from err
     if args.json:
         print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
     else:
@@ -230,8 +210,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         try:
             plot_report(report, args.plot)
         except PlotUnavailable as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+            raise _AdminError(str(err)) from err
         # On stderr with --json, so stdout stays one JSON document.
         print(f"plot written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0

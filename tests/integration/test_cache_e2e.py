@@ -268,6 +268,14 @@ def test_admin_deletes_by_tenant_and_model_and_the_cli_shows_stats(
     by_model = httpx.delete(local_gateway.url + "/admin/cache", params={"model": MODEL}, timeout=10)
     assert by_model.json()["deleted"] >= 2
     assert post(local_gateway, chat("admin"), key="dave").headers["x-gateway-cache"] == "miss"
+    cleared = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "cache", "clear", "--config", str(local_gateway.config_path),
+         "--url", local_gateway.url + "/admin/cache", "--model", MODEL], capture_output=True, text=True, timeout=60)
+    assert cleared.returncode == 0, cleared.stderr
+    # Dave's answer, stored again just above.
+    assert cleared.stdout.startswith("deleted ") and not cleared.stdout.startswith("deleted 0 ")
+    assert f"(model {MODEL})" in cleared.stdout
+    assert post(local_gateway, chat("admin"), key="dave").headers["x-gateway-cache"] == "miss"
 
 
 async def _identical_requests(gateways: list[GatewayProcess], body: dict[str, Any], count: int) -> list[str]:
