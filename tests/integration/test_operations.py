@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,20 @@ def held(fake: FakeOpenAIServer) -> Iterator[Any]:
     scenario.release.set()
 
 
-def test_sighup_reloads_while_a_stream_runs_on(tmp_path: Path, fake: FakeOpenAIServer, held: Any) -> None:
-    gateway = GatewayProcess(config(fake.url, ["held", "ok"]), tmp_path, name="reload-gateway")
+@contextmanager
+def holding_a_stream(tmp_path: Path, fake: FakeOpenAIServer, held: Any, name: str,
+                     **server: Any) -> Iterator[tuple[GatewayProcess, BackgroundStream]]:
+    """A gateway serving the `held` and `ok` scenarios, with a stream on `held` past its first chunks."""
+    gateway = GatewayProcess(config(fake.url, ["held", "ok"], **server), tmp_path, name=name)
     with running(gateway):
         gateway.wait_ready()
         stream = BackgroundStream(gateway.url, "held")
         wait_for(lambda: held.chunks_sent >= 2, what="the stream's first chunks")
+        yield gateway, stream
+
+
+def test_sighup_reloads_while_a_stream_runs_on(tmp_path: Path, fake: FakeOpenAIServer, held: Any) -> None:
+    with holding_a_stream(tmp_path, fake, held, "reload-gateway") as (gateway, stream):
         assert status_of(gateway, "extra") == 404
         gateway.config_path.write_text(yaml.safe_dump(config(fake.url, ["held", "ok", "extra"])))
         gateway.process.send_signal(signal.SIGHUP)
@@ -118,11 +127,7 @@ def test_the_config_file_is_watched(tmp_path: Path, fake: FakeOpenAIServer) -> N
 
 
 def test_sigterm_drains_a_running_stream_then_exits(tmp_path: Path, fake: FakeOpenAIServer, held: Any) -> None:
-    gateway = GatewayProcess(config(fake.url, ["held", "ok"], drain_s=20), tmp_path, name="drain-gateway")
-    with running(gateway):
-        gateway.wait_ready()
-        stream = BackgroundStream(gateway.url, "held")
-        wait_for(lambda: held.chunks_sent >= 2, what="the stream's first chunks")
+    with holding_a_stream(tmp_path, fake, held, "drain-gateway", drain_s=20) as (gateway, stream):
         gateway.process.send_signal(signal.SIGTERM)
         wait_for(lambda: "stopping: 1 open request(s) may finish" in gateway.log_text(), what="the drain")
         # No new work once draining: /ready fails at once, then the listening socket closes.
@@ -139,11 +144,7 @@ def test_sigterm_drains_a_running_stream_then_exits(tmp_path: Path, fake: FakeOp
 
 
 def test_a_stream_outliving_the_drain_deadline_is_cut(tmp_path: Path, fake: FakeOpenAIServer, held: Any) -> None:
-    gateway = GatewayProcess(config(fake.url, ["held", "ok"], drain_s=1), tmp_path, name="deadline-gateway")
-    with running(gateway):
-        gateway.wait_ready()
-        stream = BackgroundStream(gateway.url, "held")
-        wait_for(lambda: held.chunks_sent >= 2, what="the stream's first chunks")
+    with holding_a_stream(tmp_path, fake, held, "deadline-gateway", drain_s=1) as (gateway, stream):
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
         gateway.process.wait(15)
