@@ -1,5 +1,5 @@
-"""POST straight to a running gateway's ASGI app, so requests really are in flight together (Litestar's
-test client runs one at a time), with headers, another path, or a client that hangs up."""
+"""POST straight to a running gateway's ASGI app, with headers, another path, or a client that hangs up
+while the response is being sent (httpx's ASGI transport only says so once the app has finished)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,6 @@ async def post(gw: GatewayUnderTest, body: dict[str, Any], *, hang_up: asyncio.E
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
              "query_string": b"", "headers": raw_headers, "http_version": "1.1",
-             "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": "", "app": gw.client.app}
-    await gw.client.app(scope, receive, send)
+             "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": "", "app": gw.app}
+    await gw.app(scope, receive, send)
     return answer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.errors import GatewayError
 from gateway.state import GatewayState
 
+from .asgi_post import post
 from .conftest import running_gateway
 from .fakes import BACKEND_MODEL, FakeUpstream, fake_registry, gateway_config
 
@@ -92,6 +94,28 @@ async def test_a_cache_hit_a_refusal_and_a_backend_429_each_leave_a_line_without
     text = log.read_text()
     for secret in (KEY, "gw-wrong-1", key_digest(KEY)):
         assert secret not in text
+
+
+async def test_a_shut_down_with_a_write_under_way_waits_for_it_and_writes_every_line(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    async with running_gateway(config(log)) as gw:
+        access = gw.state.access_log
+        assert access is not None
+        write = access._write
+
+        def slow_write(lines: list[bytes]) -> None:
+            time.sleep(0.3)  # a destination slow to take lines: the shut-down comes while this runs
+            write(lines)
+
+        access._write = slow_write  # type: ignore[method-assign]
+        assert (await post(gw, CHAT, headers=AUTH)).status_code == 200
+        for _ in range(200):
+            if access._write_done is not None:
+                break
+            await asyncio.sleep(0.005)
+        assert access._write_done is not None and not access._write_done.done()
+        assert (await post(gw, CHAT, headers=AUTH)).status_code == 200
+    assert len(lines(log)) == 2  # the line being written and the one that waited behind it
 
 
 async def test_turned_off_nothing_is_written(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import logging
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
 
@@ -95,8 +94,6 @@ async def test_a_key_past_its_budget_is_refused_until_the_period_ends() -> None:
 
 async def test_a_full_backend_queues_up_to_max_queue_and_sheds_the_rest_with_retry_after() -> None:
     async with running_gateway(config(max_concurrency=1, max_queue=2, queue_timeout_s=30)) as gw:
-        # The test client serves one request at a time; concurrent ones go straight to the ASGI app.
-        concurrent = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.client.app), base_url="http://gw")
         backend = gw.backend()
         release = asyncio.Event()
         started = []
@@ -107,8 +104,8 @@ async def test_a_full_backend_queues_up_to_max_queue_and_sheds_the_rest_with_ret
             return chat_completion_json()
 
         async def send() -> Any:
-            return await concurrent.post("/v1/chat/completions", json=CHAT,
-                                         headers={"authorization": f"Bearer {TEAM_B}"})
+            return await gw.client.post("/v1/chat/completions", json=CHAT,
+                                        headers={"authorization": f"Bearer {TEAM_B}"})
 
         backend.chat = slow_chat  # type: ignore[method-assign]
         requests = [asyncio.create_task(send()) for _ in range(3)]
@@ -124,7 +121,6 @@ async def test_a_full_backend_queues_up_to_max_queue_and_sheds_the_rest_with_ret
         assert [r.status_code for r in await asyncio.gather(*requests)] == [200, 200, 200]
         assert len(started) == 3
         assert (await post(gw, TEAM_B)).status_code == 200  # still serving
-        await concurrent.aclose()
         metrics = (await gw.client.get("/metrics")).text
         assert 'gateway_backend_shed_total{backend="f1"} 1.0' in metrics
         assert 'gateway_backend_queue_depth{backend="f1"} 0.0' in metrics

@@ -9,16 +9,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.ops.live_state import LiveState
 from gateway.state import GatewayState
 
+from .asgi_client import serving
 from .asgi_post import post
 from .fakes import BACKEND_MODEL, DONE, FakeBackend, FakeUpstream, ScriptedStream, chunk_event, fake_registry
 
@@ -34,7 +35,7 @@ def config(routes: dict[str, list[str]], backends: list[str], **server: Any) -> 
 
 
 class Reloadable:
-    def __init__(self, client: AsyncTestClient, app: Litestar, path: Path) -> None:
+    def __init__(self, client: httpx.AsyncClient, app: Litestar, path: Path) -> None:
         self.client = client
         self.app = app
         self.path = path
@@ -68,7 +69,7 @@ async def reloadable(tmp_path: Path, raw: dict[str, Any]) -> AsyncIterator[Reloa
     state = GatewayState(load_config(path, validators=registry.validators()), registry, upstream=FakeUpstream(),
                          config_dir=tmp_path)
     app = create_app(state, tune_gc=False, config_path=path, registry=registry)
-    async with AsyncTestClient(app) as client:
+    async with serving(app) as client:
         yield Reloadable(client, app, path)
 
 
@@ -79,7 +80,7 @@ def slow_stream(pieces: int, delay_s: float) -> ScriptedStream:
 async def stream_started(gw: Reloadable, backend: FakeBackend, stream: ScriptedStream) -> asyncio.Task[Any]:
     """A streamed request to route 'alpha', running once `backend` has begun answering it."""
     backend.stream_factory = lambda: stream
-    # Straight into the ASGI app: the test client would run one request at a time.
+    # A task, so the stream stays open while the test goes on.
     running = asyncio.create_task(post(gw, {**CHAT, "model": "alpha", "stream": True}))  # type: ignore[arg-type]
     for _ in range(500):
         if backend.streams:
@@ -268,7 +269,7 @@ async def test_a_configmap_style_symlink_swap_is_followed(tmp_path: Path) -> Non
     state = GatewayState(load_config(mounted, validators=registry.validators()), registry, upstream=FakeUpstream(),
                          config_dir=tmp_path)
     app = create_app(state, tune_gc=False, config_path=mounted, registry=registry)
-    async with AsyncTestClient(app) as client:
+    async with serving(app) as client:
         second = tmp_path / "..2026_b"
         second.mkdir()
         (second / "gateway.yaml").write_text(yaml.safe_dump(config({"alpha": ["f1"], "beta": ["f1"]}, ["f1"],

@@ -14,10 +14,8 @@ import httpx
 import msgspec
 import pytest
 from gateway_process import EmulatorProcess, running
-from litestar.testing import AsyncTestClient
 
 from gateway.api.speculative_serve import SpeculationFallback, SpeculativeResponse
-from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.plugins import load_backend_registry
 from gateway.speculative.adaptive_k import AdaptiveK, SpeculationPrior
@@ -26,7 +24,7 @@ from gateway.speculative.pair import RequestSpeculation
 from gateway.speculative.vllm_target import VllmTokenTarget
 from gateway.state import GatewayState
 
-from .conftest import GatewayUnderTest
+from .conftest import GatewayUnderTest, gateway_serving
 from .speculative_emulators import EmulatedTarget, PerfectDrafter, markov_next_token
 
 
@@ -38,8 +36,6 @@ class Answer:
 
 
 async def post(gw: GatewayUnderTest, body: dict[str, Any]) -> Answer:
-    # Through the test client, so the request runs on the app's event loop, where the pair's
-    # HTTP session lives.
     response = await gw.client.post("/v1/chat/completions", json=body)
     return Answer(response.status_code, dict(response.headers), response.content)
 
@@ -53,7 +49,7 @@ GROUNDED = [{"role": "user", "content": f"Copy this text:\n<|im_start|>assistant
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Its own process: the app under test runs its lifespan on another event loop than the test's."""
+    """The emulated vLLM target in its own process, as a real one would be."""
     log: Path = tmp_path_factory.mktemp("spec-vllm") / "vllm.log"
     process = EmulatorProcess("plugins.vllm.emulator", log, ["--served-model-name", MODEL, "--edit-rate", "0.1"])
     with running(process):
@@ -73,8 +69,8 @@ def config(url: str, **speculative: Any) -> dict[str, Any]:
 async def gw(emulator: str) -> AsyncIterator[GatewayUnderTest]:
     registry = load_backend_registry()
     state = GatewayState(parse_config(config(emulator), env={}, validators=registry.validators()), registry)
-    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
-        yield GatewayUnderTest(client, state)
+    async with gateway_serving(state) as running:
+        yield running
 
 
 async def target_alone(url: str, messages: list[dict[str, Any]], max_tokens: int) -> tuple[list[int], str]:
@@ -173,11 +169,10 @@ async def test_a_pair_whose_target_takes_no_token_ids_runs_plain_and_says_why(em
     raw["backends"].append({"name": "small", "plugin": "vllm", "model": "other", "url": "http://127.0.0.1:9"})
     raw["routes"][0]["speculative"]["draft"] = "small"
     state = GatewayState(parse_config(raw, env={}, validators=registry.validators()), registry)
-    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
-        gw = GatewayUnderTest(client, state)
-        pair = (await client.get("/admin/speculative")).json()["pairs"][0]
+    async with gateway_serving(state) as gw:
+        pair = (await gw.client.get("/admin/speculative")).json()["pairs"][0]
         assert pair["state"] == "plain" and "draft/target tokenizers" in pair["reason"], pair
-        backends = {b["name"]: b for b in (await client.get("/admin/backends")).json()["backends"]}
+        backends = {b["name"]: b for b in (await gw.client.get("/admin/backends")).json()["backends"]}
         assert backends["big"]["speculative"][0]["state"] == "plain"
         answer = await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 5})
         assert answer.status_code == 200 and "x-gateway-speculative" not in answer.headers
@@ -212,9 +207,8 @@ async def test_a_model_draft_that_fails_mid_way_leaves_the_rest_to_the_target(
     raw["backends"].append({"name": "small", "plugin": "vllm", "model": MODEL, "url": draft_emulator.url})
     raw["routes"][0]["speculative"]["draft"] = "small"
     state = GatewayState(parse_config(raw, env={}, validators=registry.validators()), registry)
-    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
-        gw = GatewayUnderTest(client, state)
-        pair = (await client.get("/admin/speculative")).json()["pairs"][0]
+    async with gateway_serving(state) as gw:
+        pair = (await gw.client.get("/admin/speculative")).json()["pairs"][0]
         assert pair["state"] == "ready" and pair["probe"]["tokenizer_parity"] is True, pair
         body = {"model": "coder", "messages": GROUNDED, "temperature": 0, "max_tokens": 40}
         ok = msgspec.json.decode((await post(gw, body)).content)
@@ -235,8 +229,7 @@ async def test_short_contexts_verified_with_prompt_logprobs_give_the_same_answer
     registry = load_backend_registry()
     raw = config(emulator, prompt_logprobs_below=100_000)
     state = GatewayState(parse_config(raw, env={}, validators=registry.validators()), registry)
-    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
-        gw = GatewayUnderTest(client, state)
+    async with gateway_serving(state) as gw:
         answer = msgspec.json.decode((await post(gw, {"model": "coder", "messages": GROUNDED, "temperature": 0,
                                                       "max_tokens": 50})).content)
         assert answer["x_speculative"]["accepted"] > 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
 from gateway.plugins import load_backend_registry
 from gateway.speculative.eligibility import max_new_tokens, plain_reason, stop_strings
 from gateway.state import GatewayState
+
+from .conftest import gateway_serving
 
 BACKENDS = [
     {"name": "big", "plugin": "vllm", "model": "m", "url": "http://127.0.0.1:1"},
@@ -68,10 +68,10 @@ def test_bad_sections_are_refused_with_the_path(speculative: dict[str, Any], bac
 async def test_a_tgi_target_loads_and_its_pair_decodes_plainly_saying_why() -> None:
     config = load({"target": "tgi", "draft": "small"}, ["tgi"])
     state = GatewayState(config, load_backend_registry())
-    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
-        pair = (await client.get("/admin/speculative")).json()["pairs"][0]
+    async with gateway_serving(state) as gw:
+        pair = (await gw.client.get("/admin/speculative")).json()["pairs"][0]
         assert pair["state"] == "plain" and pair["reason"].startswith("TGI takes no token-id prompts"), pair
-        backends = {b["name"]: b for b in (await client.get("/admin/backends")).json()["backends"]}
+        backends = {b["name"]: b for b in (await gw.client.get("/admin/backends")).json()["backends"]}
         assert backends["tgi"]["speculative"] == [{"route": "coder", "pair": "small->tgi", "state": "plain",
                                                    "reason": pair["reason"], "role": "target"}]
         assert backends["small"]["speculative"][0]["role"] == "draft"

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.app import create_app
 from gateway.backend import BackendUnavailable
 from gateway.config import ConfigError, parse_config
 from gateway.errors import GatewayError
@@ -26,7 +24,7 @@ from gateway.state import GatewayState
 from gateway.tracing import make_tracer
 from gateway.upstream import UpstreamResponse, UpstreamTimeouts
 
-from .conftest import GatewayUnderTest
+from .conftest import GatewayUnderTest, gateway_serving
 from .fakes import BACKEND_MODEL, FakeUpstream, ScriptedStream, chunk_event, fake_registry, gateway_config, make_backend
 
 CONFIG: dict[str, Any] = {
@@ -47,8 +45,8 @@ async def traced_gateway(raw: dict[str, Any] = CONFIG, *, sample_ratio: float = 
     state = GatewayState(gateway_config(raw), fake_registry(), upstream=FakeUpstream())
     state.tracer = state.dispatcher.tracer = make_tracer(
         TracingConfig(enabled=True, sample_ratio=sample_ratio), exporter)
-    async with AsyncTestClient(create_app(state, tune_gc=False)) as client:
-        yield GatewayUnderTest(client, state), exporter
+    async with gateway_serving(state) as gw:
+        yield gw, exporter
 
 
 def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
