@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +16,7 @@ from gateway.app import create_app
 from gateway.state import GatewayState
 
 from .asgi_client import serving
-from .fakes import FakeBackend, FakeUpstream, fake_registry, gateway_config
+from .fakes import DEFAULT_CONFIG, FakeBackend, FakeUpstream, fake_registry, gateway_config
 
 
 class GatewayUnderTest:
@@ -33,10 +35,18 @@ class GatewayUnderTest:
 
 @asynccontextmanager
 async def running_gateway(raw_config: dict[str, Any] | None = None) -> AsyncIterator[GatewayUnderTest]:
-    """The real ASGI app, lifespan included, on fake backends (default: `f1` behind a `*` route)."""
-    state = GatewayState(gateway_config(raw_config), fake_registry(), upstream=FakeUpstream())
-    async with gateway_serving(state) as gw:
-        yield gw
+    """The real ASGI app, lifespan included, on fake backends (default: `f1` behind a `*` route).
+
+    Its access log goes to a file of its own unless the config has a `logging` section: on stderr, the
+    lines of a gateway that outlives one test (the module's `gateway`) are written by a worker thread
+    whenever their batch is due, sometimes while pytest is not capturing, and land in the run's output."""
+    raw = raw_config or DEFAULT_CONFIG
+    with tempfile.TemporaryDirectory(prefix="gateway-test-") as scratch:
+        if "logging" not in raw:
+            raw = {**raw, "logging": {"access_path": os.path.join(scratch, "access.log")}}
+        state = GatewayState(gateway_config(raw), fake_registry(), upstream=FakeUpstream())
+        async with gateway_serving(state) as gw:
+            yield gw
 
 
 @asynccontextmanager

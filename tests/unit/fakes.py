@@ -182,13 +182,16 @@ def fake_registry() -> BackendRegistry:
     return registry
 
 
+# One fake backend `f1` behind a catch-all route.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "backends": [{"name": "f1", "plugin": "fake", "model": BACKEND_MODEL}],
+    "routes": [{"model": "*", "backends": ["f1"]}],
+}
+
+
 def gateway_config(raw: dict[str, Any] | None = None) -> GatewayConfig:
-    """One fake backend `f1` behind a catch-all route, unless `raw` says otherwise."""
-    raw = raw or {
-        "backends": [{"name": "f1", "plugin": "fake", "model": BACKEND_MODEL}],
-        "routes": [{"model": "*", "backends": ["f1"]}],
-    }
-    return parse_config(raw, env={}, validators=fake_registry().validators())
+    """DEFAULT_CONFIG, unless `raw` says otherwise."""
+    return parse_config(raw or DEFAULT_CONFIG, env={}, validators=fake_registry().validators())
 
 
 def assert_error_shape(body: Any) -> dict[str, Any]:
