@@ -65,9 +65,16 @@ class Reloadable:
 async def reloadable(tmp_path: Path, raw: dict[str, Any]) -> AsyncIterator[Reloadable]:
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    async with serving_file(path) as gw:
+        yield gw
+
+
+@asynccontextmanager
+async def serving_file(path: Path) -> AsyncIterator[Reloadable]:
+    """The app serving the config file at `path`, as `gateway serve --config` would: reloadable from it."""
     registry = fake_registry()
     state = GatewayState(load_config(path, validators=registry.validators()), registry, upstream=FakeUpstream(),
-                         config_dir=tmp_path)
+                         config_dir=path.parent)
     app = create_app(state, tune_gc=False, config_path=path, registry=registry)
     async with serving(app) as client:
         yield Reloadable(client, app, path)
@@ -265,11 +272,7 @@ async def test_a_configmap_style_symlink_swap_is_followed(tmp_path: Path) -> Non
     (tmp_path / "..data").symlink_to(first.name)
     mounted = tmp_path / "gateway.yaml"
     mounted.symlink_to("..data/gateway.yaml")
-    registry = fake_registry()
-    state = GatewayState(load_config(mounted, validators=registry.validators()), registry, upstream=FakeUpstream(),
-                         config_dir=tmp_path)
-    app = create_app(state, tune_gc=False, config_path=mounted, registry=registry)
-    async with serving(app) as client:
+    async with serving_file(mounted) as gw:
         second = tmp_path / "..2026_b"
         second.mkdir()
         (second / "gateway.yaml").write_text(yaml.safe_dump(config({"alpha": ["f1"], "beta": ["f1"]}, ["f1"],
@@ -279,11 +282,9 @@ async def test_a_configmap_style_symlink_swap_is_followed(tmp_path: Path) -> Non
         for leftover in first.iterdir():
             leftover.unlink()
         first.rmdir()
-        live: LiveState = app.state.live
         for _ in range(200):
-            if live.generation == 2:
+            if gw.live.generation == 2:
                 break
             await asyncio.sleep(0.02)
-        assert live.generation == 2
-        response = await client.post("/v1/chat/completions", json={**CHAT, "model": "beta"})
-        assert response.status_code == 200
+        assert gw.live.generation == 2
+        assert (await gw.chat("beta")).status_code == 200

@@ -24,21 +24,9 @@ from gateway.speculative.pair import RequestSpeculation
 from gateway.speculative.vllm_target import VllmTokenTarget
 from gateway.state import GatewayState
 
+from .asgi_post import post
 from .conftest import GatewayUnderTest, gateway_serving
 from .speculative_emulators import EmulatedTarget, PerfectDrafter, markov_next_token
-
-
-class Answer:
-    """What the test client got: status, headers, the body bytes."""
-
-    def __init__(self, status_code: int, headers: dict[str, str], content: bytes) -> None:
-        self.status_code, self.headers, self.content = status_code, headers, content
-
-
-async def post(gw: GatewayUnderTest, body: dict[str, Any]) -> Answer:
-    response = await gw.client.post("/v1/chat/completions", json=body)
-    return Answer(response.status_code, dict(response.headers), response.content)
-
 
 MODEL = "emulated-gpu"
 DOCUMENT = " ".join(f"word{i % 37}x{i}" for i in range(120))
